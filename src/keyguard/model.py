@@ -1,0 +1,108 @@
+"""Read the requested model from a request: Gemini path, multipart form, or JSON body.
+
+The JSON reader walks only the top level of the object and lets the C JSON
+decoder skip each value, so a truncated body (Envoy's allow_partial_message)
+still yields the model when the prefix holds it, at C speed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from keyguard.policy import ModelLookup
+
+_GEMINI_PATH = re.compile(r"/models/([^/:?]+):[A-Za-z]+")
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+_BOUNDARY = re.compile(r'boundary="?([^";,]+)"?', re.IGNORECASE)
+_NAME_MODEL = re.compile(rb'name="?model"?(?:;|\r\n|$)', re.IGNORECASE)
+
+# A model name is short; a longer "model" value is not a model we could allow.
+MAX_MODEL_LEN = 256
+
+
+def model_from_path(path: str) -> str | None:
+    match = _GEMINI_PATH.search(path)
+    return match.group(1) if match else None
+
+
+def model_from_json(body: str) -> str:
+    """The top-level "model" string of a (possibly truncated) JSON object.
+
+    Returns ModelLookup.NONE when absent (or not yet seen in a truncated
+    prefix) and ModelLookup.AMBIGUOUS when two different top-level "model"
+    values appear, since parsers differ on which one wins.
+    """
+    end = len(body)
+    idx = _WS.match(body, 0).end()  # type: ignore[union-attr]
+    if idx >= end or body[idx] != "{":
+        return ModelLookup.NONE
+    idx += 1
+    found: str | None = None
+    while True:
+        idx = _WS.match(body, idx).end()  # type: ignore[union-attr]
+        if idx >= end or body[idx] != '"':
+            break
+        try:
+            key, idx = _scanstring(body, idx + 1, True)
+        except (ValueError, IndexError):
+            break
+        idx = _WS.match(body, idx).end()  # type: ignore[union-attr]
+        if idx >= end or body[idx] != ":":
+            break
+        idx = _WS.match(body, idx + 1).end()  # type: ignore[union-attr]
+        try:
+            value, idx = _DECODER.raw_decode(body, idx)
+        except (ValueError, RecursionError):
+            break
+        if key == "model":
+            if not isinstance(value, str) or not value or len(value) > MAX_MODEL_LEN:
+                return ModelLookup.AMBIGUOUS
+            if found is not None and found != value:
+                return ModelLookup.AMBIGUOUS
+            found = value
+        idx = _WS.match(body, idx).end()  # type: ignore[union-attr]
+        if idx >= end or body[idx] != ",":
+            break
+        idx += 1
+    return found if found is not None else ModelLookup.NONE
+
+
+def model_from_multipart(body: bytes, content_type: str) -> str:
+    match = _BOUNDARY.search(content_type)
+    if not match:
+        return ModelLookup.NONE
+    delimiter = b"--" + match.group(1).encode("latin-1")
+    found: str | None = None
+    for part in body.split(delimiter)[1:]:
+        head, sep, rest = part.partition(b"\r\n\r\n")
+        if not sep or not _NAME_MODEL.search(head):
+            continue
+        # A part's value ends at the CRLF before the next delimiter; in a
+        # truncated last part it must still be followed by that CRLF.
+        value_bytes, crlf, _ = rest.partition(b"\r\n")
+        if not crlf:
+            continue
+        try:
+            value = value_bytes.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return ModelLookup.AMBIGUOUS
+        if not value or len(value) > MAX_MODEL_LEN or (found is not None and found != value):
+            return ModelLookup.AMBIGUOUS
+        found = value
+    return found if found is not None else ModelLookup.NONE
+
+
+def read_model(path: str, content_type: str, body: bytes) -> str:
+    """The requested model, or ModelLookup.NONE / ModelLookup.AMBIGUOUS."""
+    from_path = model_from_path(path)
+    if from_path is not None:
+        return from_path
+    if not body:
+        return ModelLookup.NONE
+    ctype = content_type.lower()
+    if ctype.startswith("multipart/form-data"):
+        return model_from_multipart(body, content_type)
+    return model_from_json(body.decode("utf-8", errors="replace"))

@@ -1,0 +1,107 @@
+"""The one table of outcomes: reason code → HTTP status, gRPC code, error types, message.
+
+Every deny keyguard can give is a row here; responses, metrics labels and the
+README's tables all read from it, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import grpc
+
+
+class Reason(enum.StrEnum):
+    OK = "ok"
+    MISSING_API_KEY = "missing_api_key"
+    INVALID_API_KEY = "invalid_api_key"
+    KEY_DISABLED = "key_disabled"
+    KEY_EXPIRED = "key_expired"
+    IP_NOT_ALLOWED = "ip_not_allowed"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    MODEL_REQUIRED = "model_required"
+    INSUFFICIENT_QUOTA = "insufficient_quota"
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    STORE_UNAVAILABLE = "store_unavailable"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    http_status: int
+    grpc_code: grpc.StatusCode
+    openai_type: str
+    anthropic_type: str
+    message: str
+
+
+_AUTH = ("invalid_request_error", "authentication_error")
+
+OUTCOMES: dict[Reason, Outcome] = {
+    Reason.MISSING_API_KEY: Outcome(
+        401,
+        grpc.StatusCode.UNAUTHENTICATED,
+        *_AUTH,
+        "No API key provided. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+    ),
+    Reason.INVALID_API_KEY: Outcome(
+        401, grpc.StatusCode.UNAUTHENTICATED, *_AUTH, "Incorrect or malformed API key provided."
+    ),
+    Reason.KEY_DISABLED: Outcome(
+        401, grpc.StatusCode.UNAUTHENTICATED, *_AUTH, "This API key has been disabled."
+    ),
+    Reason.KEY_EXPIRED: Outcome(
+        401, grpc.StatusCode.UNAUTHENTICATED, *_AUTH, "This API key has expired."
+    ),
+    Reason.IP_NOT_ALLOWED: Outcome(
+        403,
+        grpc.StatusCode.PERMISSION_DENIED,
+        "permission_error",
+        "permission_error",
+        "This API key may not be used from your IP address.",
+    ),
+    Reason.MODEL_NOT_ALLOWED: Outcome(
+        403,
+        grpc.StatusCode.PERMISSION_DENIED,
+        "permission_error",
+        "permission_error",
+        "This API key may not use the requested model.",
+    ),
+    Reason.MODEL_REQUIRED: Outcome(
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid_request_error",
+        "invalid_request_error",
+        "This API key is limited to certain models, and no single model could be read from"
+        " the request. Send a 'model' field.",
+    ),
+    Reason.INSUFFICIENT_QUOTA: Outcome(
+        402,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "insufficient_quota",
+        "billing_error",
+        "You have used up the quota of this API key.",
+    ),
+    Reason.RATE_LIMIT_EXCEEDED: Outcome(
+        429,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "requests",
+        "rate_limit_error",
+        "Rate limit reached for requests on this API key. Retry after the time in Retry-After.",
+    ),
+    Reason.STORE_UNAVAILABLE: Outcome(
+        503,
+        grpc.StatusCode.UNAVAILABLE,
+        "server_error",
+        "api_error",
+        "The API key store is unavailable. Please retry shortly.",
+    ),
+    Reason.INTERNAL_ERROR: Outcome(
+        500,
+        grpc.StatusCode.INTERNAL,
+        "server_error",
+        "api_error",
+        "The authorization service failed to process the request.",
+    ),
+}

@@ -1,0 +1,85 @@
+"""The key record: what a key allows, as stored in Redis and held in the cache."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+STATUS_ACTIVE = "active"
+STATUS_DISABLED = "disabled"
+TYPE_STANDARD = "standard"
+TYPE_SUBSCRIPTION = "subscription"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_hash: str
+    id: str
+    name: str
+    type: str
+    status: str
+    created_at: float
+    expires_at: float | None
+    models: frozenset[str] | None
+    allowed_ips: tuple[IPNetwork, ...] | None
+    unlimited: bool
+    payg: bool
+    rpm: int
+    remaining: int
+    used: int
+    cycle_quota: int
+    cycle_seconds: int
+    cycle_end: float | None
+
+    @property
+    def metered(self) -> bool:
+        """True when an allowed request must go through the atomic spend script."""
+        return not self.unlimited or self.rpm > 0
+
+
+def _int(raw: dict[str, str], name: str) -> int:
+    value = raw.get(name, "")
+    return int(value) if value else 0
+
+
+def _float_or_none(raw: dict[str, str], name: str) -> float | None:
+    value = raw.get(name, "")
+    return float(value) if value else None
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """Parse "10.0.0.0/8,2001:db8::1" into networks; raises ValueError on bad input."""
+    nets: list[IPNetwork] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError("empty entry in IP list")
+        nets.append(ipaddress.ip_network(item, strict=False))
+    return tuple(nets)
+
+
+def record_from_hash(key_hash: str, raw: dict[str, str]) -> KeyRecord:
+    """Build a record from the Redis hash fields (all strings)."""
+    models = raw.get("models", "")
+    ips = raw.get("allowed_ips", "")
+    return KeyRecord(
+        key_hash=key_hash,
+        id=raw.get("id", ""),
+        name=raw.get("name", ""),
+        type=raw.get("type", TYPE_STANDARD),
+        status=raw.get("status", STATUS_DISABLED),
+        created_at=float(raw.get("created_at") or 0),
+        expires_at=_float_or_none(raw, "expires_at"),
+        models=frozenset(models.split(",")) if models else None,
+        allowed_ips=parse_networks(ips) if ips else None,
+        unlimited=raw.get("unlimited") == "1",
+        payg=raw.get("payg") == "1",
+        rpm=_int(raw, "rpm"),
+        remaining=_int(raw, "remaining"),
+        used=_int(raw, "used"),
+        cycle_quota=_int(raw, "cycle_quota"),
+        cycle_seconds=_int(raw, "cycle_seconds"),
+        cycle_end=_float_or_none(raw, "cycle_end"),
+    )

@@ -1,0 +1,148 @@
+"""Decision → CheckResponse. Constant denials are built once, at import."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import struct_pb2
+
+from keyguard._proto.envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import (
+    CheckResponse,
+    DeniedHttpResponse,
+    OkHttpResponse,
+)
+from keyguard._proto.envoy.type.v3.http_status_pb2 import HttpStatus
+from keyguard._proto.google.rpc.status_pb2 import Status
+from keyguard.policy import SpendResult
+from keyguard.reasons import OUTCOMES, Reason
+from keyguard.record import KeyRecord
+
+_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+# Headers keyguard sets for the upstream. A client must never be able to
+# send its own, so each is either overwritten or removed on every allow.
+DEGRADED_HEADER = "x-keyguard-degraded"
+
+
+def header(name: str, value: str) -> HeaderValueOption:
+    return HeaderValueOption(header=HeaderValue(key=name, value=value), append_action=_OVERWRITE)
+
+
+def error_body(reason: Reason, anthropic: bool, message: str | None = None) -> str:
+    outcome = OUTCOMES[reason]
+    text = message or outcome.message
+    if anthropic:
+        return json.dumps(
+            {"type": "error", "error": {"type": outcome.anthropic_type, "message": text}},
+            separators=(",", ":"),
+        )
+    return json.dumps(
+        {
+            "error": {
+                "message": text,
+                "type": outcome.openai_type,
+                "param": None,
+                "code": reason.value,
+            }
+        },
+        separators=(",", ":"),
+    )
+
+
+def _denied(
+    reason: Reason, anthropic: bool, extra_headers: list[HeaderValueOption] | None = None
+) -> CheckResponse:
+    outcome = OUTCOMES[reason]
+    headers = [
+        header("content-type", "application/json"),
+        header("x-keyguard-reason", reason.value),
+        *(extra_headers or []),
+    ]
+    return CheckResponse(
+        status=Status(code=outcome.grpc_code.value[0], message=reason.value),
+        denied_response=DeniedHttpResponse(
+            status=HttpStatus(code=outcome.http_status),  # type: ignore[arg-type]
+            headers=headers,
+            body=error_body(reason, anthropic),
+        ),
+    )
+
+
+_DENIALS: dict[tuple[Reason, bool], CheckResponse] = {
+    (reason, anthropic): _denied(reason, anthropic)
+    for reason in OUTCOMES
+    for anthropic in (False, True)
+}
+
+
+def denial(reason: Reason, anthropic: bool) -> CheckResponse:
+    """The prebuilt denial for a reason; shared, so callers must not mutate it."""
+    return _DENIALS[(reason, anthropic)]
+
+
+def rate_limit_headers(spend: SpendResult) -> list[HeaderValueOption]:
+    if spend.rl_limit <= 0:
+        return []
+    return [
+        header("x-ratelimit-limit-requests", str(spend.rl_limit)),
+        header("x-ratelimit-remaining-requests", str(max(spend.rl_remaining, 0))),
+        header("x-ratelimit-reset-requests", f"{max(spend.rl_reset_ms, 0) / 1000:.3f}s"),
+    ]
+
+
+def rate_limited(spend: SpendResult, anthropic: bool) -> CheckResponse:
+    retry_after = max(1, -(-spend.retry_after_ms // 1000))  # ceil, at least 1 s
+    return _denied(
+        Reason.RATE_LIMIT_EXCEEDED,
+        anthropic,
+        [header("retry-after", str(retry_after)), *rate_limit_headers(spend)],
+    )
+
+
+def allow(
+    record: KeyRecord,
+    *,
+    billing: str,
+    strip_credentials: bool,
+    spend: SpendResult | None = None,
+    degraded: bool = False,
+) -> CheckResponse:
+    headers = [
+        header("x-keyguard-key-id", record.id),
+        header("x-keyguard-key-type", record.type),
+        header("x-keyguard-billing", billing),
+    ]
+    remove: list[str] = list(CREDENTIAL_HEADERS) if strip_credentials else []
+    if degraded:
+        headers.append(header(DEGRADED_HEADER, "1"))
+    else:
+        remove.append(DEGRADED_HEADER)
+    metadata = struct_pb2.Struct()
+    metadata.update({"key_id": record.id, "key_type": record.type, "billing": billing})
+    return CheckResponse(
+        status=Status(code=0),
+        ok_response=OkHttpResponse(
+            headers=headers,
+            headers_to_remove=remove,
+            response_headers_to_add=rate_limit_headers(spend) if spend else [],
+        ),
+        dynamic_metadata=metadata,
+    )
+
+
+def allow_unknown_degraded(strip_credentials: bool) -> CheckResponse:
+    """Allow without a record: KEYGUARD_ON_STORE_ERROR=allow while Redis is down."""
+    remove = list(CREDENTIAL_HEADERS) if strip_credentials else []
+    return CheckResponse(
+        status=Status(code=0),
+        ok_response=OkHttpResponse(
+            headers=[
+                header(DEGRADED_HEADER, "1"),
+                header("x-keyguard-key-id", "unknown"),
+                header("x-keyguard-key-type", "unknown"),
+                header("x-keyguard-billing", "unmetered"),
+            ],
+            headers_to_remove=remove,
+        ),
+    )

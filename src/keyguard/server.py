@@ -1,0 +1,119 @@
+"""`keyguard serve`: the gRPC server, its health, metrics endpoint and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from keyguard import __version__, logs
+from keyguard._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from keyguard.cache import KeyCache
+from keyguard.health import HealthReporter, HealthServicer
+from keyguard.invalidation import InvalidationListener
+from keyguard.metrics import Metrics
+from keyguard.service import AuthorizationService
+from keyguard.settings import Settings
+from keyguard.store.connect import async_client
+from keyguard.store.redis import RedisKeyStore
+
+log = structlog.get_logger("keyguard.server")
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert:
+        return None
+    key = Path(settings.tls_key).read_bytes()
+    cert = Path(settings.tls_cert).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials | None) -> None:
+    if address.startswith("unix:"):
+        path = address[len("unix:") :].removeprefix("//")
+        # A socket file left by a killed process would make bind fail.
+        with contextlib.suppress(FileNotFoundError):
+            if Path(path).is_socket():
+                os.unlink(path)
+    if creds is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, creds)
+    if not address.startswith("unix:") and bound == 0:
+        raise OSError(f"cannot listen on {address}")
+
+
+async def serve(settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    metrics_registry = registry or CollectorRegistry()
+    metrics = Metrics(metrics_registry)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, settings.metrics_host, registry=metrics_registry)
+
+    client = async_client(settings)
+    store = RedisKeyStore(client, metrics)
+    cache = KeyCache(
+        settings.cache_size,
+        settings.cache_ttl,
+        settings.negative_cache_size,
+        settings.negative_cache_ttl,
+    )
+    listener = InvalidationListener(client, cache)
+
+    # SO_REUSEPORT only when workers share a port on purpose: otherwise a
+    # leftover server would silently take half of the connections.
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 1 if settings.workers > 1 else 0)],
+    )
+    service = AuthorizationService(settings, store, cache, metrics)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reporter = HealthReporter(
+        health_servicer, store, metrics, serve_without_store=settings.on_store_error == "allow"
+    )
+
+    creds = _server_credentials(settings)
+    for address in settings.listen:
+        _bind(server, address, creds)
+    await server.start()
+    listener.start()
+    reporter.start()
+    log.info("started", version=__version__, pid=os.getpid(), settings=settings.masked())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Drain: report NOT_SERVING but keep answering for the grace period, so
+    # Envoy and the kubelet can stop sending before the port closes. A second
+    # signal cuts the drain short.
+    log.info("stopping", grace_seconds=settings.grace_seconds)
+    await reporter.shutdown()
+    stop.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=settings.grace_seconds)
+    await server.stop(1.0)
+    await listener.stop()
+    with contextlib.suppress(Exception):
+        await store.flush_usage()
+    await store.close()
+    log.info("stopped")
+
+
+def run(settings: Settings) -> None:
+    logs.configure(settings.log_level)
+    asyncio.run(serve(settings))

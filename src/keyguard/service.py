@@ -1,0 +1,189 @@
+"""The Authorization servicer: extract, look up, decide, answer; record once.
+
+``Check`` never raises: any unexpected failure becomes a 500-class denial, so
+that Envoy can never turn a gRPC error into an allow via failure_mode_allow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from keyguard import responses
+from keyguard._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from keyguard.cache import CacheEntry, KeyCache
+from keyguard.keys import hash_key, key_type_of
+from keyguard.metrics import Metrics
+from keyguard.policy import SpendResult, decide_static, interpret_spend
+from keyguard.reasons import Reason
+from keyguard.request import Credential, RequestFacts, extract
+from keyguard.settings import Settings
+from keyguard.store import KeyStore, StoreError
+
+log = structlog.get_logger("keyguard.decision")
+
+
+@dataclass(slots=True)
+class Verdict:
+    response: CheckResponse
+    reason: Reason
+    key_id: str = ""
+    degraded: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason is Reason.OK
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(
+        self, settings: Settings, store: KeyStore, cache: KeyCache, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.cache = cache
+        self.metrics = metrics
+        self.cost = settings.request_cost
+        self.strip = settings.strip_credentials
+        self.hops = settings.xff_trusted_hops
+        self.log_allows = settings.log_allows
+
+    async def Check(
+        self, request: CheckRequest, context: grpc.aio.ServicerContext[CheckRequest, CheckResponse]
+    ) -> CheckResponse:
+        return await self.check(request)
+
+    async def check(self, request: CheckRequest) -> CheckResponse:
+        start = time.perf_counter()
+        request_id = ""
+        try:
+            facts = extract(request, self.hops)
+            request_id = facts.request_id
+            verdict = await self._decide(facts)
+        except Exception:
+            log.exception("check_failed", request_id=request_id)
+            verdict = Verdict(responses.denial(Reason.INTERNAL_ERROR, False), Reason.INTERNAL_ERROR)
+        elapsed = time.perf_counter() - start
+        self._record(verdict, request_id, elapsed)
+        return verdict.response
+
+    def _record(self, verdict: Verdict, request_id: str, elapsed: float) -> None:
+        m = self.metrics
+        m.check_duration.observe(elapsed)
+        if verdict.allowed:
+            (m.allow_degraded if verdict.degraded else m.allow_ok).inc()
+            if not self.log_allows:
+                return
+            decision = "allow"
+        else:
+            m.deny_by_reason[verdict.reason].inc()
+            decision = "deny"
+        fields: dict[str, object] = {
+            "request_id": request_id,
+            "decision": decision,
+            "reason": verdict.reason.value,
+            "latency_ms": round(elapsed * 1000, 3),
+        }
+        if verdict.key_id:
+            fields["key_id"] = verdict.key_id
+        if verdict.degraded:
+            fields["degraded"] = True
+        log.info("decision", **fields)
+
+    def _deny(self, reason: Reason, facts: RequestFacts, key_id: str = "") -> Verdict:
+        return Verdict(responses.denial(reason, facts.anthropic), reason, key_id)
+
+    async def _decide(self, facts: RequestFacts) -> Verdict:
+        credential = facts.credential
+        if credential is Credential.MISSING:
+            return self._deny(Reason.MISSING_API_KEY, facts)
+        if credential is Credential.MALFORMED or key_type_of(credential) is None:
+            return self._deny(Reason.INVALID_API_KEY, facts)
+        key_hash = hash_key(credential)
+        cache = self.cache
+        entry = cache.get(key_hash)
+        if entry is None or not cache.is_fresh(entry):
+            if cache.is_known_unknown(key_hash):
+                self.metrics.cache_hit_negative.inc()
+                return self._deny(Reason.INVALID_API_KEY, facts)
+            self.metrics.cache_miss.inc()
+            generation = cache.generation
+            try:
+                record = await self.store.get_record(key_hash)
+            except StoreError:
+                return self._store_failed(facts, entry)
+            if record is None:
+                cache.put_negative(key_hash, generation)
+                return self._deny(Reason.INVALID_API_KEY, facts)
+            entry = cache.put(record, generation)
+        else:
+            self.metrics.cache_hit_positive.inc()
+        record = entry.record
+        reason = decide_static(record, time.time(), facts.client_ip, facts.model)
+        if reason is not None:
+            return self._deny(reason, facts, record.id)
+        if record.metered and (self.cost > 0 or record.rpm > 0):
+            try:
+                spend = await self.store.spend(key_hash, self.cost, record.rpm)
+            except StoreError:
+                return self._store_failed(facts, entry, fresh_record=True)
+            return self._after_spend(facts, entry, spend)
+        if self.cost > 0:
+            self.store.add_usage(key_hash, self.cost)
+        return Verdict(self._allow(entry, "unlimited"), Reason.OK, record.id)
+
+    def _allow(self, entry: CacheEntry, billing: str) -> CheckResponse:
+        response = entry.responses.get(billing)
+        if response is None:
+            response = responses.allow(entry.record, billing=billing, strip_credentials=self.strip)
+            entry.responses[billing] = response
+        return response
+
+    def _after_spend(self, facts: RequestFacts, entry: CacheEntry, spend: SpendResult) -> Verdict:
+        record = entry.record
+        reason = interpret_spend(spend)
+        if spend.outcome in ("gone", "disabled"):
+            self.cache.invalidate(record.key_hash)
+        if reason is Reason.RATE_LIMIT_EXCEEDED:
+            return Verdict(responses.rate_limited(spend, facts.anthropic), reason, record.id)
+        if reason is not Reason.OK:
+            return self._deny(reason, facts, record.id)
+        billing = (
+            "payg" if spend.outcome == "payg" else "unlimited" if record.unlimited else "quota"
+        )
+        if spend.rl_limit:
+            response = responses.allow(
+                record, billing=billing, strip_credentials=self.strip, spend=spend
+            )
+        else:
+            response = self._allow(entry, billing)
+        return Verdict(response, Reason.OK, record.id)
+
+    def _store_failed(
+        self, facts: RequestFacts, entry: CacheEntry | None, fresh_record: bool = False
+    ) -> Verdict:
+        """Redis did not answer: apply KEYGUARD_ON_STORE_ERROR."""
+        mode = self.settings.on_store_error
+        usable = entry is not None and (
+            fresh_record or mode == "allow" or self.cache.age(entry) <= self.settings.stale_seconds
+        )
+        if mode == "deny" or (mode == "cached" and not usable):
+            return self._deny(Reason.STORE_UNAVAILABLE, facts)
+        if entry is None:  # mode == "allow", key never seen
+            return Verdict(
+                responses.allow_unknown_degraded(self.strip),
+                Reason.OK,
+                degraded=True,
+            )
+        record = entry.record
+        reason = decide_static(record, time.time(), facts.client_ip, facts.model)
+        if reason is not None:
+            return self._deny(reason, facts, record.id)
+        response = responses.allow(
+            record, billing="unmetered", strip_credentials=self.strip, degraded=True
+        )
+        return Verdict(response, Reason.OK, record.id, degraded=True)

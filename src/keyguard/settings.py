@@ -1,0 +1,203 @@
+"""Settings: one frozen dataclass from KEYGUARD_* variables and flags, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+STORE_ERROR_MODES = ("deny", "allow", "cached")
+REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names it and says what is expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: tuple[str, ...] = ("127.0.0.1:9001",)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout: float = 0.2
+    redis_tls_ca: str = ""
+    redis_tls_cert: str = ""
+    redis_tls_key: str = ""
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090
+    request_cost: int = 1
+    strip_credentials: bool = True
+    xff_trusted_hops: int = 0
+    on_store_error: str = "deny"
+    stale_seconds: float = 300.0
+    cache_ttl: float = 30.0
+    cache_size: int = 10_000
+    negative_cache_ttl: float = 10.0
+    negative_cache_size: int = 100_000
+    grace_seconds: float = 5.0
+    workers: int = 1
+    log_level: str = "info"
+    log_allows: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+
+    def masked(self) -> dict[str, Any]:
+        """The settings for the first log line, with the Redis password hidden."""
+        out = dataclasses.asdict(self)
+        out["redis_url"] = mask_url(self.redis_url)
+        return out
+
+
+# env name suffix → field name; all variables are KEYGUARD_<SUFFIX>.
+ENV_NAMES: dict[str, str] = {f.name.upper(): f.name for f in fields(Settings)}
+DEFAULTS = Settings()
+
+
+def mask_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable>"
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+
+def _parse_int(name: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def _parse_float(name: str, raw: str, minimum: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number") from None
+    if not value >= minimum:  # also rejects NaN
+        raise SettingsError(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def validate_listen(name: str, items: tuple[str, ...]) -> None:
+    if not items:
+        raise SettingsError(f"{name}: give at least one address")
+    for item in items:
+        if item.startswith("unix:"):
+            if len(item) <= len("unix:"):
+                raise SettingsError(f"{name}: {item!r} has no socket path")
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(
+                f"{name}: {item!r} is not HOST:PORT or unix:PATH (e.g. 127.0.0.1:9001)"
+            )
+
+
+def validate_redis_url(name: str, url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a bad port
+    except ValueError as exc:
+        raise SettingsError(f"{name}: cannot parse the Redis URL ({exc})") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        raise SettingsError(
+            f"{name}: unsupported scheme {parts.scheme!r}; use one of " + ", ".join(REDIS_SCHEMES)
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise SettingsError(f"{name}: unix:// URL needs a socket path")
+    elif not parts.hostname:
+        raise SettingsError(f"{name}: the Redis URL has no host")
+
+
+def _convert(fname: str, label: str, raw: str) -> Any:
+    default = getattr(DEFAULTS, fname)
+    if isinstance(default, bool):
+        return _parse_bool(label, raw)
+    if isinstance(default, int):
+        minimum = 1 if fname in ("workers", "cache_size") else 0
+        return _parse_int(label, raw, minimum)
+    if isinstance(default, float):
+        return _parse_float(label, raw, 0.0)
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw.strip()
+
+
+def load(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from the environment, then flag overrides (field name → raw string)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for suffix, fname in ENV_NAMES.items():
+        label = f"KEYGUARD_{suffix}"
+        if label in env:
+            values[fname] = _convert(fname, label, env[label])
+    for fname, raw in (overrides or {}).items():
+        label = "--" + fname.replace("_", "-")
+        values[fname] = _convert(fname, label, raw)
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    validate_listen("KEYGUARD_LISTEN", s.listen)
+    validate_redis_url("KEYGUARD_REDIS_URL", s.redis_url)
+    if s.on_store_error not in STORE_ERROR_MODES:
+        raise SettingsError(
+            f"KEYGUARD_ON_STORE_ERROR={s.on_store_error!r}: expected one of "
+            + ", ".join(STORE_ERROR_MODES)
+        )
+    if s.metrics_port > 65535:
+        raise SettingsError(f"KEYGUARD_METRICS_PORT={s.metrics_port}: not a port number")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise SettingsError(
+            f"KEYGUARD_LOG_LEVEL={s.log_level!r}: expected debug, info, warning or error"
+        )
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise SettingsError("KEYGUARD_TLS_CERT and KEYGUARD_TLS_KEY must be set together")
+    if s.tls_client_ca and not s.tls_cert:
+        raise SettingsError("KEYGUARD_TLS_CLIENT_CA needs KEYGUARD_TLS_CERT and KEYGUARD_TLS_KEY")
+    for label, path in (
+        ("KEYGUARD_TLS_CERT", s.tls_cert),
+        ("KEYGUARD_TLS_KEY", s.tls_key),
+        ("KEYGUARD_TLS_CLIENT_CA", s.tls_client_ca),
+        ("KEYGUARD_REDIS_TLS_CA", s.redis_tls_ca),
+        ("KEYGUARD_REDIS_TLS_CERT", s.redis_tls_cert),
+        ("KEYGUARD_REDIS_TLS_KEY", s.redis_tls_key),
+    ):
+        if path and not os.path.isfile(path):
+            raise SettingsError(f"{label}={path!r}: no such file")
+    if s.redis_timeout <= 0:
+        raise SettingsError("KEYGUARD_REDIS_TIMEOUT must be greater than 0")
+
+
+__all__ = ["Settings", "SettingsError", "field", "load"]

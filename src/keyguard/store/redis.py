@@ -1,0 +1,86 @@
+"""The Redis implementation of KeyStore, on redis-py's asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.exceptions
+
+from keyguard.metrics import Metrics
+from keyguard.policy import SpendResult
+from keyguard.record import KeyRecord, record_from_hash
+from keyguard.store import StoreError, ratelimit_key, record_key
+from keyguard.store.connect import AsyncClient
+from keyguard.store.scripts import ADD_USED, SPEND
+
+_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+
+
+class RedisKeyStore:
+    def __init__(self, client: AsyncClient, metrics: Metrics) -> None:
+        self.client = client
+        self.metrics = metrics
+        self._spend = client.register_script(SPEND)
+        self._add_used = client.register_script(ADD_USED)
+        self._pending_usage: dict[str, int] = {}
+
+    async def _timed(self, op: str, coro: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            result = await coro
+        except _ERRORS as exc:
+            self.metrics.redis_op_errors[op].inc()
+            raise StoreError(f"{op}: {type(exc).__name__}") from exc
+        self.metrics.redis_op_duration[op].observe(time.perf_counter() - start)
+        return result
+
+    async def get_record(self, key_hash: str) -> KeyRecord | None:
+        raw = await self._timed("get_record", self.client.hgetall(record_key(key_hash)))
+        if not raw:
+            return None
+        try:
+            return record_from_hash(key_hash, raw)
+        except ValueError as exc:
+            # A hand-edited, unreadable record: treat as a store fault, fail closed.
+            raise StoreError("get_record: unreadable key record") from exc
+
+    async def spend(self, key_hash: str, cost: int, rpm: int) -> SpendResult:
+        keys = [record_key(key_hash), ratelimit_key(key_hash)]
+        out = await self._timed("spend", self._spend(keys=keys, args=[cost, rpm]))
+        return SpendResult(
+            outcome=str(out[0]),
+            remaining=int(out[1]),
+            rl_limit=int(out[2]),
+            rl_remaining=int(out[3]),
+            rl_reset_ms=int(out[4]),
+            retry_after_ms=int(out[5]),
+        )
+
+    def add_usage(self, key_hash: str, units: int) -> None:
+        """Count usage of an unlimited key locally; flush_usage writes it in batches."""
+        self._pending_usage[key_hash] = self._pending_usage.get(key_hash, 0) + units
+
+    async def flush_usage(self) -> None:
+        if not self._pending_usage:
+            return
+        pending, self._pending_usage = self._pending_usage, {}
+        try:
+            for key_hash, units in pending.items():
+                await self._timed(
+                    "add_usage", self._add_used(keys=[record_key(key_hash)], args=[units])
+                )
+                pending[key_hash] = 0
+        except StoreError:
+            # Keep what was not written for the next flush.
+            for key_hash, units in pending.items():
+                if units:
+                    self.add_usage(key_hash, units)
+            raise
+
+    async def ping(self) -> None:
+        await self._timed("ping", self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,71 @@
+"""Every Envoy config under envoy/ is accepted by the real Envoy binary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.envoy import ENVOY_DIR, render_config, validate_config
+
+CONFIGS = sorted(ENVOY_DIR.glob("*.yaml"))
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.name for p in paths]
+
+
+def test_configs_exist() -> None:
+    assert {"envoy.yaml", "envoy-unix.yaml"} <= {p.name for p in CONFIGS}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids(CONFIGS))
+def test_config_validates_as_shipped(config: Path) -> None:
+    result = validate_config(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids(CONFIGS))
+def test_config_validates_after_rendering(config: Path, tmp_path: Path) -> None:
+    # The tests run the rendered form, so it must stay a valid config too.
+    rendered = render_config(
+        config,
+        tmp_path,
+        listen_port=20000,
+        admin_port=20001,
+        upstream_port=20002,
+        keyguard_port=20003,
+        keyguard_socket=str(tmp_path / "kg.sock"),
+    )
+    result = validate_config(rendered)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _ext_authz(doc: dict[str, Any]) -> dict[str, Any]:
+    listener = doc["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = hcm["http_filters"]
+    assert filters[-1]["name"] == "envoy.filters.http.router", "router must be last"
+    (authz,) = (f["typed_config"] for f in filters if f["name"] == EXT_AUTHZ)
+    found: dict[str, Any] = authz
+    return found
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids(CONFIGS))
+def test_ext_authz_fails_closed(config: Path) -> None:
+    # These settings are the security contract; a typo would still validate.
+    authz = _ext_authz(yaml.safe_load(config.read_text()))
+    assert authz["failure_mode_allow"] is False
+    assert authz["status_on_error"] == {"code": "ServiceUnavailable"}
+    assert authz["transport_api_version"] == "V3"
+    assert authz["grpc_service"] == {"envoy_grpc": {"cluster_name": "keyguard"}, "timeout": "0.25s"}
+    assert authz["with_request_body"] == {
+        "max_request_bytes": 65536,
+        "allow_partial_message": True,
+        "pack_as_bytes": True,
+    }
