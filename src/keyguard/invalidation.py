@@ -38,6 +38,7 @@ class InvalidationListener:
 
     async def _run(self) -> None:
         first = True
+        delay = self.retry_seconds
         while True:
             pubsub = self.client.pubsub()
             try:
@@ -49,6 +50,7 @@ class InvalidationListener:
                 if not first:
                     log.info("invalidation_resubscribed")
                 first = False
+                delay = self.retry_seconds
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
                     if message is not None and message.get("type") == "message":
@@ -65,8 +67,11 @@ class InvalidationListener:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             except Exception as exc:  # any failure means: resubscribe later
+                if self.connected.is_set() or first:
+                    log.warning("invalidation_disconnected", error=type(exc).__name__)
+                    first = False
                 self.connected.clear()
-                log.warning("invalidation_disconnected", error=type(exc).__name__)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-                await asyncio.sleep(self.retry_seconds)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

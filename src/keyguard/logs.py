@@ -7,6 +7,7 @@ reason.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 
@@ -21,6 +22,10 @@ _LEVELS = {
 
 
 def configure(level: str = "info") -> None:
+    # One decision, one line, visible at once: block buffering would hold
+    # lines back from `kubectl logs` until a buffer filled.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -88,6 +88,9 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
     for address in settings.listen:
         _bind(server, address, creds)
     await server.start()
+    for address in settings.listen:
+        if address.startswith("unix:"):
+            os.chmod(address[len("unix:") :].removeprefix("//"), int(settings.socket_mode, 8))
     listener.start()
     reporter.start()
     log.info("started", version=__version__, pid=os.getpid(), settings=settings.masked())

@@ -6,6 +6,7 @@ that Envoy can never turn a gRPC error into an allow via failure_mode_allow.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self.strip = settings.strip_credentials
         self.hops = settings.xff_trusted_hops
         self.log_allows = settings.log_allows
+        self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
 
     async def Check(
         self, request: CheckRequest, context: grpc.aio.ServicerContext[CheckRequest, CheckResponse]
@@ -111,15 +113,13 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
                 self.metrics.cache_hit_negative.inc()
                 return self._deny(Reason.INVALID_API_KEY, facts)
             self.metrics.cache_miss.inc()
-            generation = cache.generation
             try:
-                record = await self.store.get_record(key_hash)
+                looked_up = await self._lookup(key_hash)
             except StoreError:
                 return self._store_failed(facts, entry)
-            if record is None:
-                cache.put_negative(key_hash, generation)
+            if looked_up is None:
                 return self._deny(Reason.INVALID_API_KEY, facts)
-            entry = cache.put(record, generation)
+            entry = looked_up
         else:
             self.metrics.cache_hit_positive.inc()
         record = entry.record
@@ -135,6 +135,35 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         if self.cost > 0:
             self.store.add_usage(key_hash, self.cost)
         return Verdict(self._allow(entry, "unlimited"), Reason.OK, record.id)
+
+    async def _lookup(self, key_hash: str) -> CacheEntry | None:
+        """Fetch a record from Redis, with one fetch in flight per key.
+
+        Concurrent misses for the same key (a cold cache under load) share
+        one round trip instead of stampeding Redis.
+        """
+        pending = self._inflight.get(key_hash)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[CacheEntry | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key_hash] = future
+        try:
+            generation = self.cache.generation
+            record = await self.store.get_record(key_hash)
+            if record is None:
+                self.cache.put_negative(key_hash, generation)
+                entry = None
+            else:
+                entry = self.cache.put(record, generation)
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Mark the exception retrieved when nobody else was waiting.
+            future.exception()
+            raise
+        finally:
+            del self._inflight[key_hash]
 
     def _allow(self, entry: CacheEntry, billing: str) -> CheckResponse:
         response = entry.responses.get(billing)

@@ -51,6 +51,9 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Octal permissions of Unix sockets: group access lets an Envoy running
+    # as another user in the same group (Kubernetes fsGroup) connect.
+    socket_mode: str = "660"
 
     def masked(self) -> dict[str, Any]:
         """The settings for the first log line, with the Redis password hidden."""
@@ -196,6 +199,12 @@ def validate(s: Settings) -> None:
     ):
         if path and not os.path.isfile(path):
             raise SettingsError(f"{label}={path!r}: no such file")
+    try:
+        mode = int(s.socket_mode, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise SettingsError(f"KEYGUARD_SOCKET_MODE={s.socket_mode!r}: expected octal such as 660")
     if s.redis_timeout <= 0:
         raise SettingsError("KEYGUARD_REDIS_TIMEOUT must be greater than 0")
 

@@ -105,7 +105,12 @@ def async_client(settings: Settings) -> AsyncClient:
             ssl=target.tls,
         )
         return cast(AsyncClient, master)
-    return redis.asyncio.Redis.from_url(target.url, max_connections=64, **kwargs)
+    # A blocking pool makes a burst wait briefly for a connection instead of
+    # failing with "too many connections" (which would be a 503).
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        target.url, max_connections=64, timeout=settings.redis_timeout, **kwargs
+    )
+    return redis.asyncio.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
 
 def sync_client(settings: Settings, timeout: float = 5.0) -> SyncClient:

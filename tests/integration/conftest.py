@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from keyguard.cache import KeyCache
+from keyguard.metrics import Metrics
+from keyguard.service import AuthorizationService
+from keyguard.settings import Settings
+from keyguard.store.connect import async_client
+from keyguard.store.redis import RedisKeyStore
+
+T = TypeVar("T")
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
+
+
+@contextlib.asynccontextmanager
+async def service_for(redis_url: str, **overrides: Any) -> AsyncIterator[AuthorizationService]:
+    """The real servicer over a real Redis, called in-process (no gRPC)."""
+    settings = replace(Settings(), redis_url=redis_url, **overrides)
+    metrics = Metrics(CollectorRegistry())
+    client = async_client(settings)
+    store = RedisKeyStore(client, metrics)
+    cache = KeyCache(
+        settings.cache_size,
+        settings.cache_ttl,
+        settings.negative_cache_size,
+        settings.negative_cache_ttl,
+    )
+    try:
+        yield AuthorizationService(settings, store, cache, metrics)
+    finally:
+        await store.close()
