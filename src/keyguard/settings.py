@@ -125,7 +125,6 @@ def validate_listen(name: str, items: tuple[str, ...]) -> None:
 def validate_redis_url(name: str, url: str) -> None:
     try:
         parts = urlsplit(url)
-        _ = parts.port  # raises on a bad port
     except ValueError as exc:
         raise SettingsError(f"{name}: cannot parse the Redis URL ({exc})") from None
     if parts.scheme not in REDIS_SCHEMES:
@@ -135,8 +134,25 @@ def validate_redis_url(name: str, url: str) -> None:
     if parts.scheme == "unix":
         if not parts.path:
             raise SettingsError(f"{name}: unix:// URL needs a socket path")
-    elif not parts.hostname:
+        return
+    hosts = parts.netloc.rpartition("@")[2]
+    if not hosts:
         raise SettingsError(f"{name}: the Redis URL has no host")
+    multi = "+" in parts.scheme  # cluster and sentinel URLs may list several nodes
+    if "," in hosts and not multi:
+        raise SettingsError(
+            f"{name}: only redis+cluster:// and redis+sentinel:// list several hosts"
+        )
+    for item in hosts.split(","):
+        host, sep, port = item.rpartition(":")
+        if sep and not host.endswith("]") and ":" in host:
+            host, port = item, ""  # a bare IPv6 address without a port
+        if not (host if sep else item):
+            raise SettingsError(f"{name}: empty host in {item!r}")
+        if sep and port and (not port.isdigit() or not 0 < int(port) < 65536):
+            raise SettingsError(f"{name}: cannot parse the Redis URL (bad port in {item!r})")
+    if "+sentinel" in parts.scheme and not parts.path.strip("/"):
+        raise SettingsError(f"{name}: a Sentinel URL needs the master name, e.g. /mymaster/0")
 
 
 def _convert(fname: str, label: str, raw: str) -> Any:

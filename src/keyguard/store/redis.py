@@ -84,3 +84,8 @@ class RedisKeyStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+        # A Sentinel-managed client also holds connections to the sentinels.
+        pool = getattr(self.client, "connection_pool", None)
+        manager = getattr(pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", []):
+            await sentinel.aclose()
