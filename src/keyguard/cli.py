@@ -319,9 +319,16 @@ def cmd_topup(args: argparse.Namespace) -> int:
     return 0
 
 
+_SET_OPTIONS = (
+    "name", "quota", "cycle", "models", "allowed_ips", "expires", "payg", "rpm",
+)  # fmt: skip
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     if args.quota is not None and args.unlimited:
         raise CliError("use either --quota or --unlimited, not both")
+    if not args.unlimited and all(getattr(args, name) is None for name in _SET_OPTIONS):
+        raise CliError("nothing to change: give at least one option")
     admin, _ = _admin(args)
     _, raw = admin.get(args.id)
     fields = _fields_from_options(args, creating=False, key_type=raw.get("type", TYPE_STANDARD))

@@ -12,12 +12,14 @@ import re
 
 from keyguard.policy import ModelLookup
 
-_GEMINI_PATH = re.compile(r"/models/([^/:?]+):[A-Za-z]+")
+# Anchored at the end, so "/models/x:y" earlier in a path cannot pick the model.
+_GEMINI_PATH = re.compile(r"/models/([^/:?]+):[A-Za-z]+$")
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
 _BOUNDARY = re.compile(r'boundary="?([^";,]+)"?', re.IGNORECASE)
-_NAME_MODEL = re.compile(rb'name="?model"?(?:;|\r\n|$)', re.IGNORECASE)
+# `name=` must start a parameter, so `filename="model"` is not the model field.
+_NAME_MODEL = re.compile(rb'(?:^|[;\s])name="?model"?(?:;|\r\n|$)', re.IGNORECASE)
 
 # A model name is short; a longer "model" value is not a model we could allow.
 MAX_MODEL_LEN = 256
@@ -74,7 +76,10 @@ def model_from_multipart(body: bytes, content_type: str) -> str:
     match = _BOUNDARY.search(content_type)
     if not match:
         return ModelLookup.NONE
-    delimiter = b"--" + match.group(1).encode("latin-1")
+    try:
+        delimiter = b"--" + match.group(1).encode("latin-1")
+    except UnicodeEncodeError:  # not a boundary any part of the body can carry
+        return ModelLookup.NONE
     found: str | None = None
     for part in body.split(delimiter)[1:]:
         head, sep, rest = part.partition(b"\r\n\r\n")

@@ -113,7 +113,7 @@ def parse_duration(text: str) -> int:
         number, unit = text[:-1], units[text[-1]]
     else:
         number, unit = text, 1
-    if not number.isdigit():
+    if not (number.isascii() and number.isdigit()):
         raise ValueError(f"bad duration {text!r}: use a number with s, m, h, d or w")
     seconds = int(number) * unit
     if seconds <= 0:

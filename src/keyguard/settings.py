@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -102,7 +103,7 @@ def _parse_float(name: str, raw: str, minimum: float) -> float:
         value = float(raw.strip())
     except ValueError:
         raise SettingsError(f"{name}={raw!r}: expected a number") from None
-    if not value >= minimum:  # also rejects NaN
+    if not (value >= minimum and math.isfinite(value)):  # also rejects NaN and inf
         raise SettingsError(f"{name}={raw!r}: must be at least {minimum}")
     return value
 

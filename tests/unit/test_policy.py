@@ -1,0 +1,368 @@
+"""keyguard.policy: the pure decision rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from keyguard.policy import (
+    ModelLookup,
+    SpendResult,
+    client_ip_allowed,
+    decide_static,
+    interpret_spend,
+    next_cycle_end,
+    parse_duration,
+)
+from keyguard.reasons import Reason
+from keyguard.record import (
+    STATUS_ACTIVE,
+    STATUS_DISABLED,
+    TYPE_STANDARD,
+    KeyRecord,
+    parse_networks,
+)
+
+NOW = 1_750_000_000.0
+
+
+def make_record(
+    *,
+    status: str = STATUS_ACTIVE,
+    expires_at: float | None = None,
+    models: set[str] | None = None,
+    allowed_ips: str | None = None,
+    **changes: Any,
+) -> KeyRecord:
+    record = KeyRecord(
+        key_hash="0" * 64,
+        id="kg_0123456789ab",
+        name="test",
+        type=TYPE_STANDARD,
+        status=status,
+        created_at=NOW - 86400,
+        expires_at=expires_at,
+        models=frozenset(models) if models is not None else None,
+        allowed_ips=parse_networks(allowed_ips) if allowed_ips is not None else None,
+        unlimited=False,
+        payg=False,
+        rpm=0,
+        remaining=10,
+        used=0,
+        cycle_quota=0,
+        cycle_seconds=0,
+        cycle_end=None,
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def model_is(name: str) -> Callable[[], str]:
+    return lambda: name
+
+
+def must_not_read_model() -> str:
+    pytest.fail("read_model was called for a key without a model list")
+
+
+# ----- decide_static: order -----------------------------------------------------------------
+
+
+def test_active_key_without_limits_is_allowed() -> None:
+    assert decide_static(make_record(), NOW, "10.0.0.1", must_not_read_model) is None
+
+
+def test_everything_wrong_gives_disabled_first() -> None:
+    record = make_record(
+        status=STATUS_DISABLED,
+        expires_at=NOW - 1,
+        allowed_ips="192.168.0.0/16",
+        models={"gpt-4o"},
+    )
+    assert decide_static(record, NOW, "10.0.0.1", must_not_read_model) is Reason.KEY_DISABLED
+
+
+@pytest.mark.parametrize("status", [STATUS_DISABLED, "revoked", "", "ACTIVE", "unknown"])
+def test_any_status_but_active_is_disabled(status: str) -> None:
+    record = make_record(status=status)
+    assert decide_static(record, NOW, None, must_not_read_model) is Reason.KEY_DISABLED
+
+
+def test_expired_beats_ip_and_model() -> None:
+    record = make_record(expires_at=NOW - 1, allowed_ips="192.168.0.0/16", models={"gpt-4o"})
+    assert decide_static(record, NOW, "10.0.0.1", must_not_read_model) is Reason.KEY_EXPIRED
+
+
+def test_ip_beats_model_and_model_is_not_read() -> None:
+    record = make_record(allowed_ips="192.168.0.0/16", models={"gpt-4o"})
+    assert decide_static(record, NOW, "10.0.0.1", must_not_read_model) is Reason.IP_NOT_ALLOWED
+
+
+def test_model_checked_after_ip_passes() -> None:
+    record = make_record(allowed_ips="10.0.0.0/8", models={"gpt-4o"})
+    assert decide_static(record, NOW, "10.0.0.1", model_is("o1")) is Reason.MODEL_NOT_ALLOWED
+    assert decide_static(record, NOW, "10.0.0.1", model_is("gpt-4o")) is None
+
+
+# ----- expiry -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (NOW - 1, None),
+        (NOW - 0.001, None),
+        (NOW, Reason.KEY_EXPIRED),  # the boundary is already expired
+        (NOW + 0.001, Reason.KEY_EXPIRED),
+        (NOW + 86400 * 365, Reason.KEY_EXPIRED),
+    ],
+)
+def test_expiry_boundary(now: float, expected: Reason | None) -> None:
+    record = make_record(expires_at=NOW)
+    assert decide_static(record, now, None, must_not_read_model) is expected
+
+
+def test_no_expiry_never_expires() -> None:
+    record = make_record(expires_at=None)
+    assert decide_static(record, 1e12, None, must_not_read_model) is None
+
+
+# ----- IP allow-list --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("allowed", "client", "ok"),
+    [
+        ("10.0.0.1", "10.0.0.1", True),
+        ("10.0.0.1", "10.0.0.2", False),
+        ("10.0.0.0/8", "10.255.255.255", True),
+        ("10.0.0.0/8", "11.0.0.0", False),
+        ("10.0.0.0/8", "9.255.255.255", False),
+        ("192.168.1.0/24,10.0.0.0/8", "192.168.1.77", True),
+        ("192.168.1.0/24,10.0.0.0/8", "10.1.2.3", True),
+        ("192.168.1.0/24,10.0.0.0/8", "192.168.2.1", False),
+        ("0.0.0.0/0", "203.0.113.9", True),
+        ("0.0.0.0/0", "2001:db8::1", False),  # an IPv4 list never admits IPv6
+        ("2001:db8::1", "2001:db8::1", True),
+        ("2001:db8::1", "2001:0db8:0000:0000:0000:0000:0000:0001", True),
+        ("2001:db8::1", "2001:db8::2", False),
+        ("2001:db8::/32", "2001:db8:ffff::1", True),
+        ("2001:db8::/32", "2001:db9::1", False),
+        ("::/0", "10.0.0.1", False),
+        # IPv4-mapped IPv6, as a dual-stack listener reports IPv4 clients.
+        ("10.0.0.0/8", "::ffff:10.0.0.1", True),
+        ("10.0.0.0/8", "::FFFF:10.0.0.1", True),
+        ("10.0.0.0/8", "::ffff:a00:1", True),
+        ("10.0.0.0/8", "::ffff:11.0.0.1", False),
+        ("10.0.0.1", "::ffff:10.0.0.1", True),
+        ("10.0.0.0/8,2001:db8::/32", "2001:db8::5", True),
+        ("10.0.0.0/8,2001:db8::/32", "10.9.9.9", True),
+        ("10.0.0.0/8,2001:db8::/32", "172.16.0.1", False),
+        ("127.0.0.1", "127.0.0.1", True),
+        ("::1", "::1", True),
+        ("::1", "127.0.0.1", False),
+    ],
+)
+def test_ip_allow_list(allowed: str, client: str, ok: bool) -> None:
+    record = make_record(allowed_ips=allowed)
+    assert client_ip_allowed(record, client) is ok
+    expected = None if ok else Reason.IP_NOT_ALLOWED
+    assert decide_static(record, NOW, client, must_not_read_model) is expected
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        None,
+        "",
+        "garbage",
+        "10.0.0",
+        "10.0.0.256",
+        "10.0.0.1:443",
+        "10.0.0.0/8",
+        " 10.0.0.1x",
+        "unknown",
+        "::ffff:999.0.0.1",
+        "2001:db8:::1",
+        "\x00",
+    ],
+)
+def test_bad_or_missing_client_ip_is_refused_when_a_list_exists(client: str | None) -> None:
+    record = make_record(allowed_ips="0.0.0.0/0,::/0")
+    assert client_ip_allowed(record, client) is False
+    assert decide_static(record, NOW, client, must_not_read_model) is Reason.IP_NOT_ALLOWED
+
+
+@pytest.mark.parametrize("client", [None, "", "garbage", "10.0.0.1", "2001:db8::1"])
+def test_any_client_ip_is_allowed_without_a_list(client: str | None) -> None:
+    record = make_record(allowed_ips=None)
+    assert client_ip_allowed(record, client) is True
+    assert decide_static(record, NOW, client, must_not_read_model) is None
+
+
+# ----- model allow-list -----------------------------------------------------------------------
+
+
+def test_read_model_is_not_called_without_a_model_list() -> None:
+    assert decide_static(make_record(models=None), NOW, None, must_not_read_model) is None
+
+
+def test_read_model_is_called_once_with_a_model_list() -> None:
+    calls: list[int] = []
+
+    def reader() -> str:
+        calls.append(1)
+        return "gpt-4o"
+
+    assert decide_static(make_record(models={"gpt-4o"}), NOW, None, reader) is None
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("requested", "expected"),
+    [
+        ("gpt-4o", None),
+        ("claude-3-5-haiku", None),
+        ("gpt-4o-mini", Reason.MODEL_NOT_ALLOWED),
+        ("GPT-4O", Reason.MODEL_NOT_ALLOWED),  # model names are exact
+        ("gpt-4o ", Reason.MODEL_NOT_ALLOWED),
+        ("", Reason.MODEL_NOT_ALLOWED),
+        (ModelLookup.NONE, Reason.MODEL_REQUIRED),
+        (ModelLookup.AMBIGUOUS, Reason.MODEL_REQUIRED),
+    ],
+)
+def test_model_list(requested: str, expected: Reason | None) -> None:
+    record = make_record(models={"gpt-4o", "claude-3-5-haiku"})
+    assert decide_static(record, NOW, None, model_is(requested)) is expected
+
+
+def test_empty_model_list_allows_nothing() -> None:
+    record = make_record(models=set())
+    assert decide_static(record, NOW, None, model_is("gpt-4o")) is Reason.MODEL_NOT_ALLOWED
+    assert decide_static(record, NOW, None, model_is(ModelLookup.NONE)) is Reason.MODEL_REQUIRED
+
+
+def test_model_lookup_sentinels_are_distinct_and_not_plausible_models() -> None:
+    assert ModelLookup.NONE != ModelLookup.AMBIGUOUS
+    for sentinel in (ModelLookup.NONE, ModelLookup.AMBIGUOUS):
+        assert "\x00" in sentinel
+
+
+# ----- interpret_spend ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        ("ok", Reason.OK),
+        ("payg", Reason.OK),
+        ("insufficient", Reason.INSUFFICIENT_QUOTA),
+        ("rate_limited", Reason.RATE_LIMIT_EXCEEDED),
+        ("gone", Reason.INVALID_API_KEY),
+        ("disabled", Reason.KEY_DISABLED),
+        ("", Reason.INTERNAL_ERROR),
+        ("OK", Reason.INTERNAL_ERROR),
+        ("something new", Reason.INTERNAL_ERROR),
+    ],
+)
+def test_interpret_spend(outcome: str, reason: Reason) -> None:
+    assert interpret_spend(SpendResult(outcome)) is reason
+    assert interpret_spend(SpendResult(outcome, remaining=5, rl_limit=10)) is reason
+
+
+def test_spend_result_defaults() -> None:
+    result = SpendResult("ok")
+    assert (result.remaining, result.rl_limit, result.rl_remaining) == (-1, 0, 0)
+    assert (result.rl_reset_ms, result.retry_after_ms) == (0, 0)
+
+
+# ----- next_cycle_end -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cycle_end", "seconds", "now", "expected"),
+    [
+        (1000.0, 100, 999.0, 1000.0),  # before the boundary: unchanged
+        (1000.0, 100, 999.999, 1000.0),
+        (1000.0, 100, 1000.0, 1100.0),  # at the boundary: the next cycle has begun
+        (1000.0, 100, 1000.5, 1100.0),
+        (1000.0, 100, 1099.999, 1100.0),
+        (1000.0, 100, 1100.0, 1200.0),
+        (1000.0, 100, 1250.0, 1300.0),  # two cycles skipped
+        (1000.0, 100, 1000.0 + 100 * 57 + 3, 1000.0 + 100 * 58),
+        (1000.0, 30 * 86400, 1000.0 + 30 * 86400 * 12, 1000.0 + 30 * 86400 * 13),
+        (1000.0, 5, 1000.0 + 5 * 1_000_000, 1000.0 + 5 * 1_000_001),
+        (1000.0, 0, 5000.0, 1000.0),  # no cycle length: nothing to step
+        (1000.0, -5, 5000.0, 1000.0),
+    ],
+)
+def test_next_cycle_end(cycle_end: float, seconds: int, now: float, expected: float) -> None:
+    assert next_cycle_end(cycle_end, seconds, now) == expected
+
+
+@pytest.mark.parametrize("now", [1000.0, 1001.0, 1234.5, 5000.0, 99_999.9])
+def test_next_cycle_end_is_the_first_boundary_after_now(now: float) -> None:
+    end = next_cycle_end(1000.0, 60, now)
+    assert end > now
+    assert end - 60 <= now
+    assert (end - 1000.0) % 60 == 0
+
+
+# ----- parse_duration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30d", 30 * 86400),
+        ("1d", 86400),
+        ("1h", 3600),
+        ("24h", 86400),
+        ("15m", 900),
+        ("5s", 5),
+        ("1s", 1),
+        ("90", 90),
+        ("1", 1),
+        ("2w", 14 * 86400),
+        ("5S", 5),
+        ("1H", 3600),
+        (" 30d ", 30 * 86400),
+        ("007s", 7),
+    ],
+)
+def test_parse_duration(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "x",
+        "s",
+        "d",
+        "-5s",
+        "-5",
+        "+5s",
+        "0",
+        "0s",
+        "0d",
+        "1.5h",
+        "1,5h",
+        "1e3",
+        "5 s",
+        "5ss",
+        "5sec",
+        "5y",
+        "h5",
+        "5h30m",
+        "\u0661\u0662s",  # Arabic-Indic digits are str.isdigit() but not a duration
+        "²s",
+    ],
+)
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
