@@ -21,8 +21,7 @@ from keyguard.invalidation import InvalidationListener
 from keyguard.metrics import Metrics
 from keyguard.service import AuthorizationService
 from keyguard.settings import Settings
-from keyguard.store.connect import async_client
-from keyguard.store.redis import RedisKeyStore
+from keyguard.store.redis import make_store
 
 log = structlog.get_logger("keyguard.server")
 
@@ -61,8 +60,8 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
     if settings.metrics_port:
         start_http_server(settings.metrics_port, settings.metrics_host, registry=metrics_registry)
 
-    client = async_client(settings)
-    store = RedisKeyStore(client, metrics)
+    store = make_store(settings, metrics)
+    client = store.client
     cache = KeyCache(
         settings.cache_size,
         settings.cache_ttl,

@@ -12,8 +12,7 @@ from keyguard.cache import KeyCache
 from keyguard.metrics import Metrics
 from keyguard.service import AuthorizationService
 from keyguard.settings import Settings
-from keyguard.store.connect import async_client
-from keyguard.store.redis import RedisKeyStore
+from keyguard.store.redis import make_store
 
 T = TypeVar("T")
 
@@ -27,8 +26,7 @@ async def service_for(redis_url: str, **overrides: Any) -> AsyncIterator[Authori
     """The real servicer over a real Redis, called in-process (no gRPC)."""
     settings = replace(Settings(), redis_url=redis_url, **overrides)
     metrics = Metrics(CollectorRegistry())
-    client = async_client(settings)
-    store = RedisKeyStore(client, metrics)
+    store = make_store(settings, metrics)
     cache = KeyCache(
         settings.cache_size,
         settings.cache_ttl,

@@ -214,6 +214,8 @@ def test_workers_share_a_port_and_metrics_sum(redis_url: str) -> None:
     key = create_key(redis_url, "--unlimited")["key"]
     env = {"KEYGUARD_WORKERS": "2"}
     with running_keyguard(redis_url, env) as server:
+        # The port answers as soon as the first worker binds; wait for both.
+        wait_until(lambda: server.logs().count('"event": "started"') == 2, timeout=30)
         clients = [Client(server.target) for _ in range(8)]
         try:
             wait_until(lambda: all(c.health_status() == "SERVING" for c in clients), timeout=20)
@@ -228,6 +230,6 @@ def test_workers_share_a_port_and_metrics_sum(redis_url: str) -> None:
         pids = {
             json.loads(line).get("pid")
             for line in server.logs().splitlines()
-            if '"started"' in line
+            if '"event": "started"' in line
         }
-        assert len(pids) == 2
+        assert len(pids) == 2 and server.proc is not None and server.proc.pid not in pids

@@ -11,17 +11,31 @@ import redis.exceptions
 from keyguard.metrics import Metrics
 from keyguard.policy import SpendResult
 from keyguard.record import KeyRecord, record_from_hash
+from keyguard.settings import Settings
 from keyguard.store import StoreError, ratelimit_key, record_key
-from keyguard.store.connect import AsyncClient
+from keyguard.store.connect import AsyncClient, async_client, parse_target
+from keyguard.store.pipeline import PipelineConnectionError, PipelinedRedis, ReplyError
 from keyguard.store.scripts import ADD_USED, SPEND
 
-_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+_ERRORS = (
+    redis.exceptions.RedisError,
+    OSError,
+    asyncio.TimeoutError,
+    ReplyError,
+    PipelineConnectionError,
+)
 
 
 class RedisKeyStore:
-    def __init__(self, client: AsyncClient, metrics: Metrics) -> None:
+    """KeyStore on Redis. ``fast`` (single-node URLs) carries the hot-path
+    commands; redis-py's client carries the rest and every topology it knows."""
+
+    def __init__(
+        self, client: AsyncClient, metrics: Metrics, fast: PipelinedRedis | None = None
+    ) -> None:
         self.client = client
         self.metrics = metrics
+        self.fast = fast
         self._spend = client.register_script(SPEND)
         self._add_used = client.register_script(ADD_USED)
         self._pending_usage: dict[str, int] = {}
@@ -37,7 +51,13 @@ class RedisKeyStore:
         return result
 
     async def get_record(self, key_hash: str) -> KeyRecord | None:
-        raw = await self._timed("get_record", self.client.hgetall(record_key(key_hash)))
+        if self.fast is not None:
+            flat = await self._timed(
+                "get_record", self.fast.execute("HGETALL", record_key(key_hash))
+            )
+            raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        else:
+            raw = await self._timed("get_record", self.client.hgetall(record_key(key_hash)))
         if not raw:
             return None
         try:
@@ -48,7 +68,11 @@ class RedisKeyStore:
 
     async def spend(self, key_hash: str, cost: int, rpm: int) -> SpendResult:
         keys = [record_key(key_hash), ratelimit_key(key_hash)]
-        out = await self._timed("spend", self._spend(keys=keys, args=[cost, rpm]))
+        if self.fast is not None:
+            call = self.fast.evalsha(SPEND, keys, [cost, rpm])
+        else:
+            call = self._spend(keys=keys, args=[cost, rpm])
+        out = await self._timed("spend", call)
         return SpendResult(
             outcome=str(out[0]),
             remaining=int(out[1]),
@@ -68,9 +92,12 @@ class RedisKeyStore:
         pending, self._pending_usage = self._pending_usage, {}
         try:
             for key_hash, units in pending.items():
-                await self._timed(
-                    "add_usage", self._add_used(keys=[record_key(key_hash)], args=[units])
-                )
+                keys = [record_key(key_hash)]
+                if self.fast is not None:
+                    call = self.fast.evalsha(ADD_USED, keys, [units])
+                else:
+                    call = self._add_used(keys=keys, args=[units])
+                await self._timed("add_usage", call)
                 pending[key_hash] = 0
         except StoreError:
             # Keep what was not written for the next flush.
@@ -80,12 +107,23 @@ class RedisKeyStore:
             raise
 
     async def ping(self) -> None:
-        await self._timed("ping", self.client.ping())
+        if self.fast is not None:
+            await self._timed("ping", self.fast.execute("PING"))
+        else:
+            await self._timed("ping", self.client.ping())
 
     async def close(self) -> None:
+        if self.fast is not None:
+            self.fast.close()
         await self.client.aclose()
         # A Sentinel-managed client also holds connections to the sentinels.
         pool = getattr(self.client, "connection_pool", None)
         manager = getattr(pool, "sentinel_manager", None)
         for sentinel in getattr(manager, "sentinels", []):
             await sentinel.aclose()
+
+
+def make_store(settings: Settings, metrics: Metrics) -> RedisKeyStore:
+    """The store for these settings: the lean pipelined path on single-node URLs."""
+    fast = PipelinedRedis(settings) if parse_target(settings.redis_url).mode == "single" else None
+    return RedisKeyStore(async_client(settings), metrics, fast)
