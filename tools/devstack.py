@@ -13,6 +13,7 @@ status it should get.
     python tools/devstack.py                     # run until Ctrl-C
     python tools/devstack.py --check             # run every curl line, exit 1 on a mismatch
     python tools/devstack.py --envoy-config envoy/envoy-unix.yaml
+    python tools/devstack.py --envoy-config envoy/envoy-multiworker.yaml   # 2 keyguard workers
 
 All ports come from the Envoy config (one source of truth), so a test can run the stack
 on free ports by rendering a config and passing it with --envoy-config.
@@ -68,12 +69,29 @@ class Layout:
     upstream_port: int
     keyguard_port: int | None  # TCP, or ...
     keyguard_socket: str | None  # ... a Unix socket path
+    keyguard_workers: int = 1  # >1: worker i listens on <keyguard_socket>.<i>
 
     @property
     def keyguard_listen(self) -> str:
+        """KEYGUARD_LISTEN for `keyguard serve`."""
         if self.keyguard_socket is not None:
             return f"unix:{self.keyguard_socket}"
         return f"127.0.0.1:{self.keyguard_port}"
+
+    @property
+    def keyguard_targets(self) -> list[str]:
+        """Every address keyguard serves on: one per worker with Unix sockets."""
+        if self.keyguard_socket is not None and self.keyguard_workers > 1:
+            return [f"unix:{p}" for p in self.keyguard_sockets]
+        return [self.keyguard_listen]
+
+    @property
+    def keyguard_sockets(self) -> list[str]:
+        if self.keyguard_socket is None:
+            return []
+        if self.keyguard_workers == 1:
+            return [self.keyguard_socket]
+        return [f"{self.keyguard_socket}.{i}" for i in range(self.keyguard_workers)]
 
     @property
     def envoy_url(self) -> str:
@@ -85,30 +103,45 @@ class Layout:
         return f"http://127.0.0.1:{self.envoy_port}"
 
 
-def _cluster_address(doc: dict[str, Any], name: str) -> dict[str, Any]:
+def _cluster_addresses(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
     for cluster in doc["static_resources"]["clusters"]:
         if cluster["name"] == name:
-            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-            address: dict[str, Any] = endpoint["endpoint"]["address"]
-            return address
+            return [
+                lb_endpoint["endpoint"]["address"]
+                for locality in cluster["load_assignment"]["endpoints"]
+                for lb_endpoint in locality["lb_endpoints"]
+            ]
     raise StackError(f"the Envoy config has no cluster named {name!r}")
+
+
+def _socket_base(paths: list[str]) -> str:
+    """The KEYGUARD_LISTEN socket path of worker sockets PATH.0, PATH.1, ..."""
+    base = paths[0].removesuffix(".0")
+    if paths != [f"{base}.{i}" for i in range(len(paths))]:
+        raise StackError(f"keyguard worker sockets must be PATH.0, PATH.1, ...: got {paths}")
+    return base
 
 
 def read_layout(config: Path) -> Layout:
     doc = yaml.safe_load(config.read_text())
     listener = doc["static_resources"]["listeners"][0]["address"]["socket_address"]
-    keyguard = _cluster_address(doc, "keyguard")
-    upstream = _cluster_address(doc, "llm_api")["socket_address"]
+    keyguard = _cluster_addresses(doc, "keyguard")
+    upstream = _cluster_addresses(doc, "llm_api")[0]["socket_address"]
     if upstream["address"] not in ("127.0.0.1", "localhost"):
         raise StackError("the llm_api cluster must point at this machine for the demo upstream")
-    pipe = keyguard.get("pipe")
+    pipes = [str(a["pipe"]["path"]) for a in keyguard if "pipe" in a]
+    if pipes and len(pipes) != len(keyguard):
+        raise StackError("the keyguard cluster mixes Unix sockets and TCP")
+    if not pipes and len(keyguard) > 1:
+        raise StackError("more than one TCP endpoint for keyguard: workers share one port")
     return Layout(
         envoy_host=str(listener["address"]),
         envoy_port=int(listener["port_value"]),
         admin_port=int(doc["admin"]["address"]["socket_address"]["port_value"]),
         upstream_port=int(upstream["port_value"]),
-        keyguard_port=None if pipe else int(keyguard["socket_address"]["port_value"]),
-        keyguard_socket=str(pipe["path"]) if pipe else None,
+        keyguard_port=None if pipes else int(keyguard[0]["socket_address"]["port_value"]),
+        keyguard_socket=(pipes[0] if len(pipes) == 1 else _socket_base(pipes)) if pipes else None,
+        keyguard_workers=max(1, len(pipes)),
     )
 
 
@@ -116,9 +149,11 @@ def read_layout(config: Path) -> Layout:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    # A plain bind (no SO_REUSEPORT) fails even against a server that set SO_REUSEPORT,
+    # A bind without SO_REUSEPORT fails even against a server that set SO_REUSEPORT,
     # so a leftover keyguard from an earlier run is caught here instead of sharing a port.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR like the servers themselves, so TIME_WAIT leftovers don't count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -245,11 +280,11 @@ class Stack:
             raise StackError(
                 "ports in use: " + ", ".join(busy) + " (another `make run`? stop it first)"
             )
-        if layout.keyguard_socket is not None:
-            if unix_socket_in_use(layout.keyguard_socket):
-                raise StackError(f"something already serves {layout.keyguard_socket}")
+        for path in layout.keyguard_sockets:
+            if unix_socket_in_use(path):
+                raise StackError(f"something already serves {path}")
             with contextlib.suppress(FileNotFoundError):
-                Path(layout.keyguard_socket).unlink()
+                Path(path).unlink()
 
         redis_server = shutil.which("redis-server")
         if not redis_server:
@@ -277,6 +312,7 @@ class Stack:
         env = {
             **os.environ,
             "KEYGUARD_LISTEN": layout.keyguard_listen,
+            "KEYGUARD_WORKERS": str(layout.keyguard_workers),
             "KEYGUARD_REDIS_URL": self.redis_url,
             "KEYGUARD_METRICS_HOST": "127.0.0.1",
             "KEYGUARD_METRICS_PORT": str(self.metrics_port),
@@ -309,12 +345,13 @@ class Stack:
         wait_until("Envoy", self._envoy_ready, 30, envoy.proc, self.abort)
 
     def _keyguard_serving(self) -> bool:
-        result = subprocess.run(
-            [*keyguard_cmd(), "health", "--target", self.layout.keyguard_listen],
-            capture_output=True,
-            timeout=10,
+        return all(
+            subprocess.run(
+                [*keyguard_cmd(), "health", "--target", target], capture_output=True, timeout=10
+            ).returncode
+            == 0
+            for target in self.layout.keyguard_targets
         )
-        return result.returncode == 0
 
     def _envoy_ready(self) -> bool:
         status, body = http_get(f"http://127.0.0.1:{self.layout.admin_port}/ready", timeout=0.5)
@@ -398,7 +435,15 @@ def create_demo_keys(redis_url: str) -> dict[str, DemoKey]:
         redis_url, "KG_DISABLED_KEY", "disabled", "--name", "demo-disabled", "--quota", "1000"
     )
     keyguard_cli(redis_url, "keys", "disable", disabled.id, "--json")
-    return {k.var: k for k in (demo, broke, disabled)}
+    # TEST-NET-3: no local client is ever in it.
+    fenced = create_key(
+        redis_url, "KG_IP_KEY", "only from 203.0.113.0/24", "--name", "demo-ip-fenced",
+        "--allowed-ips", "203.0.113.0/24",
+    )  # fmt: skip
+    limited = create_key(
+        redis_url, "KG_RPM_KEY", "1 request per minute", "--name", "demo-rpm", "--rpm", "1"
+    )
+    return {k.var: k for k in (demo, broke, disabled, fenced, limited)}
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -416,6 +461,7 @@ class Scenario:
     path: str
     headers: dict[str, str]  # values may name $KG_* variables
     body: dict[str, Any] | None = None
+    repeat: int = 1  # send it this many times; the last answer is the one announced
 
 
 def _chat(model: str | None) -> dict[str, Any]:
@@ -511,6 +557,25 @@ SCENARIOS: list[Scenario] = [
         {"authorization": "Bearer $KG_NO_QUOTA_KEY"},
         _chat("gpt-4o-mini"),
     ),
+    Scenario(
+        "client IP outside the key's allow-list",
+        403,
+        "ip_not_allowed",
+        "POST",
+        "/v1/chat/completions",
+        {"authorization": "Bearer $KG_IP_KEY"},
+        _chat("gpt-4o-mini"),
+    ),
+    Scenario(
+        "rate limit: 1 request per minute, sent twice (the second is refused)",
+        429,
+        "rate_limit_exceeded",
+        "POST",
+        "/v1/chat/completions",
+        {"authorization": "Bearer $KG_RPM_KEY"},
+        _chat("gpt-4o-mini"),
+        repeat=2,
+    ),
     Scenario("Envoy health check, no key needed", 200, None, "GET", "/healthz", {}),
 ]
 
@@ -524,7 +589,10 @@ def curl_line(s: Scenario, base_url: str) -> str:
     parts += [f'-H "{name}: {value}"' for name, value in s.headers.items()]
     if s.body is not None:
         parts += ['-H "content-type: application/json"', "-d " + shlex.quote(json.dumps(s.body))]
-    return " ".join(parts)
+    line = " ".join(parts)
+    if s.repeat > 1:
+        line = f"for i in $(seq {s.repeat}); do {line}; echo; done"
+    return line
 
 
 def run_scenario(s: Scenario, base_url: str, keys: Mapping[str, DemoKey]) -> tuple[int, str | None]:
@@ -538,7 +606,12 @@ def run_scenario(s: Scenario, base_url: str, keys: Mapping[str, DemoKey]) -> tup
         data = json.dumps(s.body).encode()
         headers["content-type"] = "application/json"
     url = base_url + s.path  # always http://127.0.0.1:<port>/...
-    req = urllib.request.Request(url, data=data, headers=headers, method=s.method)  # noqa: S310
+    for _ in range(s.repeat - 1):
+        _send(urllib.request.Request(url, data=data, headers=headers, method=s.method))  # noqa: S310
+    return _send(urllib.request.Request(url, data=data, headers=headers, method=s.method))  # noqa: S310
+
+
+def _send(req: urllib.request.Request) -> tuple[int, str | None]:
     try:
         with OPENER.open(req, timeout=10) as resp:
             resp.read()
@@ -561,7 +634,7 @@ def print_intro(stack: Stack, keys: Mapping[str, DemoKey], show_keys: bool) -> N
     layout = stack.layout
     print(f"Envoy         {layout.envoy_url}   (admin http://127.0.0.1:{layout.admin_port})")
     metrics = f"http://127.0.0.1:{stack.metrics_port}/metrics"
-    print(f"keyguard      {layout.keyguard_listen}   (metrics {metrics})")
+    print(f"keyguard      {', '.join(layout.keyguard_targets)}   (metrics {metrics})")
     print(f"demo upstream http://127.0.0.1:{layout.upstream_port}")
     print(f"Redis         {stack.redis_url}")
     print(f"logs          {stack.workdir}/*.log")

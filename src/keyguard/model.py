@@ -100,11 +100,18 @@ def model_from_multipart(body: bytes, content_type: str) -> str:
     return found if found is not None else ModelLookup.NONE
 
 
-def read_model(path: str, content_type: str, body: bytes) -> str:
-    """The requested model, or ModelLookup.NONE / ModelLookup.AMBIGUOUS."""
+# Methods that carry no request body, so they cannot ask for a model other
+# than through a Gemini-style path.
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+def read_model(path: str, content_type: str, body: bytes, method: str = "POST") -> str:
+    """The requested model, or ModelLookup.NONE / AMBIGUOUS / NOT_APPLICABLE."""
     from_path = model_from_path(path)
     if from_path is not None:
         return from_path
+    if method.upper() in BODYLESS_METHODS:
+        return ModelLookup.NOT_APPLICABLE
     if not body:
         return ModelLookup.NONE
     ctype = content_type.lower()

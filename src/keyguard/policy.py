@@ -20,6 +20,9 @@ class ModelLookup:
 
     NONE = "\x00none"
     AMBIGUOUS = "\x00ambiguous"
+    # A request that cannot name a model (GET /v1/models, GET /v1/files/…):
+    # there is nothing to restrict, so a model list does not apply to it.
+    NOT_APPLICABLE = "\x00n/a"
 
 
 def client_ip_allowed(record: KeyRecord, client_ip: str | None) -> bool:
@@ -56,6 +59,8 @@ def decide_static(
         return Reason.IP_NOT_ALLOWED
     if record.models is not None:
         model = read_model()
+        if model == ModelLookup.NOT_APPLICABLE:
+            return None
         if model in (ModelLookup.NONE, ModelLookup.AMBIGUOUS):
             return Reason.MODEL_REQUIRED
         if model not in record.models:

@@ -10,15 +10,10 @@ from keyguard.model import read_model
 from keyguard.policy import ModelLookup
 
 # Headers the decision reads. header_map is walked once and only these kept.
+# (Envoy's x-envoy-auth-partial-body marks a truncated body; the model reader
+# treats every body as a possibly truncated prefix, so it needs no flag.)
 _WANTED = frozenset(
-    {
-        "authorization",
-        "x-api-key",
-        "x-request-id",
-        "x-forwarded-for",
-        "content-type",
-        "x-envoy-auth-partial-body",
-    }
+    {"authorization", "x-api-key", "x-request-id", "x-forwarded-for", "content-type"}
 )
 
 
@@ -36,6 +31,7 @@ class RequestFacts:
     path: str
     request_id: str
     content_type: str
+    method: str
     _body: bytes
     _model: str | None = field(default=None)
 
@@ -45,7 +41,7 @@ class RequestFacts:
 
     def model(self) -> str:
         if self._model is None:
-            self._model = read_model(self.path, self.content_type, self._body)
+            self._model = read_model(self.path, self.content_type, self._body, self.method)
         return self._model
 
 
@@ -117,6 +113,7 @@ def extract(request: CheckRequest, trusted_hops: int = 0) -> RequestFacts:
         path=path,
         request_id=rid[0] if rid else http.id,
         content_type=ctype[0] if ctype else "",
+        method=http.method,
         _body=body,
     )
 

@@ -13,7 +13,7 @@ import secrets
 import string
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,8 @@ class Stack:
     def key(self, *options: str) -> Key:
         """`keyguard keys create --json OPTIONS`; the key is never shown on failure."""
         result = self.cli("keys", "create", "--json", *options)
-        assert result.returncode == 0, f"keys create {options} failed: {result.stderr[-2000:]}"
+        if result.returncode != 0:  # pytest.fail, not assert: the repr would show stdout
+            pytest.fail(f"keys create {options} failed: {result.stderr[-2000:]}")
         try:
             data = json.loads(result.stdout)
             return Key(id=str(data["id"]), key=str(data["key"]), type=str(data["type"]))
@@ -131,7 +132,8 @@ class Stack:
     def admin(self, *args: str) -> None:
         """A `keyguard keys ...` command that must succeed (disable, topup, ...)."""
         result = self.cli("keys", *args, "--json")
-        assert result.returncode == 0, f"keys {args} failed: {result.stderr[-2000:]}"
+        if result.returncode != 0:
+            pytest.fail(f"keys {args} failed: {result.stderr[-2000:]}")
 
     def post(
         self,
@@ -156,9 +158,13 @@ class Stack:
         raw = key.key if isinstance(key, Key) else key
         return self.post("/v1/chat/completions", chat_body(model), bearer=raw)
 
-    def message(self, key: Key | str | None, model: str | None = "claude-3-5-haiku") -> httpx.Response:
+    def message(
+        self, key: Key | str | None, model: str | None = "claude-3-5-haiku"
+    ) -> httpx.Response:
         raw = key.key if isinstance(key, Key) else key
-        return self.post("/v1/messages", messages_body(model), api_key=raw, headers=ANTHROPIC_VERSION)
+        return self.post(
+            "/v1/messages", messages_body(model), api_key=raw, headers=ANTHROPIC_VERSION
+        )
 
     @contextlib.contextmanager
     def unreached(self) -> Iterator[None]:
@@ -168,11 +174,13 @@ class Stack:
         assert self.upstream.requests() == before, "a request reached the upstream"
 
     def eventually(
-        self, call: Any, want: int, timeout: float = 5.0
-    ) -> httpx.Response:  # admin changes reach keyguard's cache by pub/sub
+        self, call: Callable[[], httpx.Response], want: int, timeout: float = 5.0
+    ) -> httpx.Response:
+        """Repeat `call` until it answers `want` (or time is up): admin changes reach
+        keyguard's cache by pub/sub, a moment after the CLI returns."""
         deadline = time.monotonic() + timeout
         while True:
-            resp: httpx.Response = call()
+            resp = call()
             if resp.status_code == want or time.monotonic() > deadline:
                 return resp
             time.sleep(0.1)
@@ -181,7 +189,9 @@ class Stack:
 def wait_serving(keyguard: KeyguardServer, target: str | None = None, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        result = run_cli("health", "--target", target or keyguard.target, redis_url=keyguard.redis_url)
+        result = run_cli(
+            "health", "--target", target or keyguard.target, redis_url=keyguard.redis_url
+        )
         if result.returncode == 0:
             return
         if time.monotonic() > deadline:

@@ -19,7 +19,7 @@ def _ids(paths: list[Path]) -> list[str]:
 
 
 def test_configs_exist() -> None:
-    assert {"envoy.yaml", "envoy-unix.yaml"} <= {p.name for p in CONFIGS}
+    assert {"envoy.yaml", "envoy-unix.yaml", "envoy-multiworker.yaml"} <= {p.name for p in CONFIGS}
 
 
 @pytest.mark.e2e
@@ -46,9 +46,19 @@ def test_config_validates_after_rendering(config: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _ext_authz(doc: dict[str, Any]) -> dict[str, Any]:
+def _hcm(doc: dict[str, Any]) -> dict[str, Any]:
     listener = doc["static_resources"]["listeners"][0]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
+
+
+def _routes(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (vhost,) = _hcm(doc)["route_config"]["virtual_hosts"]
+    return {r["match"].get("path") or r["match"]["prefix"]: r for r in vhost["routes"]}
+
+
+def _ext_authz(doc: dict[str, Any]) -> dict[str, Any]:
+    hcm = _hcm(doc)
     filters = hcm["http_filters"]
     assert filters[-1]["name"] == "envoy.filters.http.router", "router must be last"
     (authz,) = (f["typed_config"] for f in filters if f["name"] == EXT_AUTHZ)
@@ -69,3 +79,21 @@ def test_ext_authz_fails_closed(config: Path) -> None:
         "allow_partial_message": True,
         "pack_as_bytes": True,
     }
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids(CONFIGS))
+def test_routes(config: Path) -> None:
+    routes = _routes(yaml.safe_load(config.read_text()))
+    assert list(routes)[-1] == "/", "the catch-all route must come last"
+    healthz = routes["/healthz"]
+    assert healthz["direct_response"]["status"] == 200
+    assert healthz["typed_per_filter_config"][EXT_AUTHZ]["disabled"] is True
+    models = routes["/v1/models"]["typed_per_filter_config"][EXT_AUTHZ]
+    assert models["check_settings"] == {"disable_request_body_buffering": True}
+    # Only /healthz may skip keyguard.
+    skipping = [
+        p
+        for p, r in routes.items()
+        if "disabled" in r.get("typed_per_filter_config", {}).get(EXT_AUTHZ, {})
+    ]
+    assert skipping == ["/healthz"]

@@ -176,7 +176,11 @@ def test_model_allow_list_json_multipart_path_and_partial_body(redis_url: str) -
                 "allowed": (check_request(bearer(key), body=chat_body("gpt-4o-mini")), 200),
                 "other": (check_request(bearer(key), body=chat_body("gpt-4o")), 403),
                 "none": (check_request(bearer(key), body=b'{"messages":[]}'), 400),
-                "no body": (check_request(bearer(key), method="GET", path="/v1/models"), 400),
+                "POST without body": (check_request(bearer(key), path="/v1/completions"), 400),
+                "GET names no model": (
+                    check_request(bearer(key), method="GET", path="/v1/models"),
+                    200,
+                ),
                 "multipart": (
                     check_request(
                         {

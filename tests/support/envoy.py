@@ -27,6 +27,7 @@ from tests.support.procs import REPO, free_port, stop_process, wait_for_port
 ENVOY_DIR = REPO / "envoy"
 DEFAULT_CONFIG = ENVOY_DIR / "envoy.yaml"
 UNIX_CONFIG = ENVOY_DIR / "envoy-unix.yaml"
+MULTIWORKER_CONFIG = ENVOY_DIR / "envoy-multiworker.yaml"
 
 # Proxy settings from the environment must never route loopback test traffic.
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -71,7 +72,7 @@ def rewrite_config(
     """Point a loaded Envoy config at test addresses, in place; everything on loopback.
 
     The keyguard cluster keeps its kind: a TCP config gets `keyguard_port`, a Unix socket
-    config gets `keyguard_socket`.
+    config gets `keyguard_socket` (plus any per-worker suffix such as `.0`).
     """
     _set_tcp(doc["admin"]["address"], admin_port)
     for listener in doc["static_resources"]["listeners"]:
@@ -84,7 +85,9 @@ def rewrite_config(
                 raise ValueError(
                     "this config reaches keyguard over a Unix socket: pass keyguard_socket"
                 )
-            address["pipe"] = {"path": keyguard_socket}
+            # Keep a worker suffix: /tmp/keyguard.sock.1 becomes <keyguard_socket>.1.
+            suffix = str(address["pipe"]["path"]).partition(".sock")[2]
+            address["pipe"] = {"path": keyguard_socket + suffix}
         else:
             if keyguard_port is None:
                 raise ValueError("this config reaches keyguard over TCP: pass keyguard_port")
@@ -137,13 +140,16 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 class EnvoyProcess:
-    """One Envoy process: started with `--concurrency 1`, ready when admin /ready says LIVE.
+    """One Envoy process (`--concurrency 1` unless asked), ready when admin /ready says LIVE.
 
     Usable as a context manager; `stop()` is idempotent and only signals our own pid.
     """
 
-    def __init__(self, config_path: Path, *, listen_port: int, admin_port: int) -> None:
+    def __init__(
+        self, config_path: Path, *, listen_port: int, admin_port: int, concurrency: int = 1
+    ) -> None:
         self.config_path = config_path
+        self.concurrency = concurrency
         self.listen_port = listen_port
         self.admin_port = admin_port
         self.log_path = Path(tempfile.mkstemp(prefix="kg-envoy-", suffix=".log")[1])
@@ -163,7 +169,7 @@ class EnvoyProcess:
             "-c",
             str(self.config_path),
             "--concurrency",
-            "1",
+            str(self.concurrency),
             # Envoys running side by side (parallel suites, `make run`) must not share
             # hot-restart shared memory.
             "--use-dynamic-base-id",
@@ -234,6 +240,7 @@ def running_envoy(
     keyguard_port: int | None = None,
     keyguard_socket: str | None = None,
     source: Path = DEFAULT_CONFIG,
+    concurrency: int = 1,
 ) -> Iterator[EnvoyProcess]:
     """Render `source` onto free loopback ports and run it until the block ends."""
     with tempfile.TemporaryDirectory(prefix="kg-envoy-") as tmp:
@@ -247,7 +254,9 @@ def running_envoy(
             keyguard_port=keyguard_port,
             keyguard_socket=keyguard_socket,
         )
-        envoy = EnvoyProcess(path, listen_port=listen_port, admin_port=admin_port)
+        envoy = EnvoyProcess(
+            path, listen_port=listen_port, admin_port=admin_port, concurrency=concurrency
+        )
         try:
             envoy.start()
             yield envoy

@@ -506,3 +506,15 @@ def test_json_top_level_model_matches_json_loads(fields: dict[str, object], mode
     assert model_from_json(body) == (
         model if len(model) <= MAX_MODEL_LEN else ModelLookup.AMBIGUOUS
     )
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE", "OPTIONS", "get"])
+def test_bodyless_methods_name_no_model(method: str) -> None:
+    assert read_model("/v1/models", "", b"", method) == ModelLookup.NOT_APPLICABLE
+    # ...except through a Gemini-style path, which names one whatever the method.
+    path = "/v1beta/models/gemini-pro:countTokens"
+    assert read_model(path, "", b"", method) == "gemini-pro"
+
+
+def test_post_without_body_needs_a_model() -> None:
+    assert read_model("/v1/chat/completions", "", b"", "POST") == ModelLookup.NONE

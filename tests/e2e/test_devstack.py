@@ -1,0 +1,74 @@
+"""`make run` (tools/devstack.py): every curl line it prints gets the status it announces."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.envoy import DEFAULT_CONFIG, MULTIWORKER_CONFIG, UNIX_CONFIG, render_config
+from tests.support.procs import REPO, free_port
+
+DEVSTACK = REPO / "tools" / "devstack.py"
+RAW_KEY = re.compile(r"sk-(?:sub-)?[A-Za-z0-9]{32,}")
+
+
+def run_devstack_check(config: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    args = [
+        sys.executable,
+        str(DEVSTACK),
+        "--envoy-config",
+        str(config),
+        "--redis-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--check",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets devstack stop its own children (they run in their own process groups).
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"devstack --check timed out:\n{out}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, "")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "source",
+    [DEFAULT_CONFIG, UNIX_CONFIG, MULTIWORKER_CONFIG],
+    ids=["tcp", "unix", "multiworker"],
+)
+def test_devstack_check_passes(source: Path, tmp_path: Path) -> None:
+    config = render_config(
+        source,
+        tmp_path,
+        listen_port=free_port(),
+        admin_port=free_port(),
+        upstream_port=free_port(),
+        keyguard_port=free_port(),
+        keyguard_socket=str(tmp_path / "kg.sock"),
+    )
+    result = run_devstack_check(config)
+    # Only the deliberately unknown demo key may appear in full.
+    leaked = {k for k in RAW_KEY.findall(result.stdout) if set(k[3:]) != {"0"}}
+    assert not leaked, "devstack --check printed a raw key"
+    assert result.returncode == 0, result.stdout
+    checks = [line for line in result.stdout.splitlines() if line.startswith(("ok ", "FAIL"))]
+    assert len(checks) >= 9 and all(line.startswith("ok ") for line in checks), result.stdout
+    # Each check announces its status in a printed curl line.
+    assert result.stdout.count("# expect ") == len(checks)
+    # One printed command per check: a plain curl, or a loop around one.
+    commands = result.stdout.count("\ncurl ") + result.stdout.count("\nfor i in ")
+    assert commands == len(checks)
