@@ -11,6 +11,7 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
 "$PYTHON" -m venv --help >/dev/null 2>&1 && "$PYTHON" -c "import ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
