@@ -362,7 +362,14 @@ def cmd_health(args: argparse.Namespace) -> int:
     target = args.target
     if args.tls_ca:
         with open(args.tls_ca, "rb") as handle:
-            creds = grpc.ssl_channel_credentials(handle.read())
+            ca = handle.read()
+        cert = key = None
+        if args.tls_cert:  # for a listener that requires client certificates (mTLS)
+            with open(args.tls_cert, "rb") as handle:
+                cert = handle.read()
+            with open(args.tls_key or args.tls_cert, "rb") as handle:
+                key = handle.read()
+        creds = grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert)
         channel = grpc.secure_channel(target, creds)
     else:
         channel = grpc.insecure_channel(target)
@@ -436,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="service name to ask about")
     health.add_argument("--timeout", type=float, default=2.0)
     health.add_argument("--tls-ca", help="CA file when the server uses TLS")
+    health.add_argument("--tls-cert", help="client certificate, for an mTLS listener")
+    health.add_argument("--tls-key", help="client key, for an mTLS listener")
     health.set_defaults(func=cmd_health)
 
     keys = sub.add_parser("keys", help="manage API keys")

@@ -47,6 +47,11 @@ class HealthReporter:
         for name in SERVICES:
             await self.servicer.set(name, status)
 
+    async def begin(self) -> None:
+        """Before the first probe: grpc's servicer starts at SERVING, but nothing
+        is known about the store yet, and a keyguard without it can only deny."""
+        await self._set(self.serve_without_store)
+
     async def probe_once(self) -> None:
         try:
             await self.store.ping()

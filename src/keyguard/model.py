@@ -110,7 +110,7 @@ def read_model(path: str, content_type: str, body: bytes, method: str = "POST") 
     from_path = model_from_path(path)
     if from_path is not None:
         return from_path
-    if method.upper() in BODYLESS_METHODS:
+    if method.upper() in BODYLESS_METHODS and not body:
         return ModelLookup.NOT_APPLICABLE
     if not body:
         return ModelLookup.NONE

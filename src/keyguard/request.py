@@ -66,9 +66,11 @@ def _collect_headers(http: AttributeContext.HttpRequest) -> dict[str, list[str]]
 
 def _credential(headers: dict[str, list[str]]) -> str:
     auth = headers.get("authorization")
+    api_key = headers.get("x-api-key")
+    # Two values of either credential header are ambiguous, whichever would win.
+    if len(auth or ()) > 1 or len(api_key or ()) > 1:
+        return Credential.MALFORMED
     if auth is not None:
-        if len(auth) != 1:
-            return Credential.MALFORMED
         value = auth[0].strip()
         if not value:
             return Credential.MISSING
@@ -77,10 +79,7 @@ def _credential(headers: dict[str, list[str]]) -> str:
             return Credential.MALFORMED
         key = rest.strip()
         return key if key else Credential.MISSING
-    api_key = headers.get("x-api-key")
     if api_key is not None:
-        if len(api_key) != 1:
-            return Credential.MALFORMED
         key = api_key[0].strip()
         return key if key else Credential.MISSING
     return Credential.MISSING

@@ -83,6 +83,7 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
         health_servicer, store, metrics, serve_without_store=settings.on_store_error == "allow"
     )
 
+    await reporter.begin()
     creds = _server_credentials(settings)
     for address in settings.listen:
         _bind(server, address, creds)
