@@ -13,7 +13,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from keyguard.record import KeyRecord
 
 
@@ -21,8 +20,8 @@ from keyguard.record import KeyRecord
 class CacheEntry:
     record: KeyRecord
     fetched_at: float  # monotonic
-    # Allow responses are built once per record and reused while it is cached.
-    responses: dict[str, CheckResponse] = field(default_factory=dict)
+    # Serialized allow responses, built once per record (and billing) and reused.
+    responses: dict[str, bytes] = field(default_factory=dict)
 
 
 class KeyCache:

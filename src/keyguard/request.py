@@ -52,10 +52,14 @@ def _collect_headers(http: AttributeContext.HttpRequest) -> dict[str, list[str]]
     header_map = http.header_map.headers
     if header_map:
         for entry in header_map:
-            name = entry.key.lower()
-            if name in _WANTED:
-                value = entry.value or entry.raw_value.decode("utf-8", errors="replace")
-                found.setdefault(name, []).append(value)
+            name = entry.key
+            # Envoy sends lower-case names; lower() only what might be a wanted header.
+            if name not in _WANTED:
+                name = name.lower()
+                if name not in _WANTED:
+                    continue
+            value = entry.value or entry.raw_value.decode("utf-8", errors="replace")
+            found.setdefault(name, []).append(value)
     else:
         for name, value in http.headers.items():
             lname = name.lower()

@@ -76,19 +76,68 @@ _DENIALS: dict[tuple[Reason, bool], CheckResponse] = {
 }
 
 
+_DENIAL_WIRE: dict[tuple[Reason, bool], bytes] = {
+    key: response.SerializeToString() for key, response in _DENIALS.items()
+}
+
+
 def denial(reason: Reason, anthropic: bool) -> CheckResponse:
     """The prebuilt denial for a reason; shared, so callers must not mutate it."""
     return _DENIALS[(reason, anthropic)]
 
 
-def rate_limit_headers(spend: SpendResult) -> list[HeaderValueOption]:
+def denial_wire(reason: Reason, anthropic: bool) -> bytes:
+    """The prebuilt denial, serialized once at import."""
+    return _DENIAL_WIRE[(reason, anthropic)]
+
+
+# ----- hand-encoded additions to a serialized CheckResponse --------------------------------
+# Protobuf merges repeated occurrences of an embedded message field, so appending
+# ``ok_response { response_headers_to_add: [...] }`` to a serialized allow adds those
+# headers without rebuilding (or even parsing) the message. tests/unit pin this.
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _header_option_wire(name: str, value: str) -> bytes:
+    header_value = _field(1, name.encode()) + _field(2, value.encode())
+    # HeaderValueOption.header = 1; append_action = 3 (varint) OVERWRITE_IF_EXISTS_OR_ADD
+    return _field(1, header_value) + bytes((3 << 3, _OVERWRITE))
+
+
+def rate_limit_suffix(spend: SpendResult) -> bytes:
+    """Serialized ``ok_response`` carrying the x-ratelimit-* response headers."""
+    if spend.rl_limit <= 0:
+        return b""
+    options = b"".join(
+        _field(6, _header_option_wire(name, value)) for name, value in _rate_limit_pairs(spend)
+    )
+    return _field(3, options)
+
+
+def _rate_limit_pairs(spend: SpendResult) -> list[tuple[str, str]]:
     if spend.rl_limit <= 0:
         return []
     return [
-        header("x-ratelimit-limit-requests", str(spend.rl_limit)),
-        header("x-ratelimit-remaining-requests", str(max(spend.rl_remaining, 0))),
-        header("x-ratelimit-reset-requests", f"{max(spend.rl_reset_ms, 0) / 1000:.3f}s"),
+        ("x-ratelimit-limit-requests", str(spend.rl_limit)),
+        ("x-ratelimit-remaining-requests", str(max(spend.rl_remaining, 0))),
+        ("x-ratelimit-reset-requests", f"{max(spend.rl_reset_ms, 0) / 1000:.3f}s"),
     ]
+
+
+def rate_limit_headers(spend: SpendResult) -> list[HeaderValueOption]:
+    return [header(name, value) for name, value in _rate_limit_pairs(spend)]
 
 
 def rate_limited(spend: SpendResult, anthropic: bool) -> CheckResponse:

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from keyguard import __version__, logs
-from keyguard._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from keyguard.cache import KeyCache
 from keyguard.health import HealthReporter, HealthServicer
 from keyguard.invalidation import InvalidationListener
@@ -36,6 +36,24 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         [(key, cert)],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
+    )
+
+
+def _passthrough(response: bytes | CheckResponse) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def authorization_handler(
+    service: AuthorizationService,
+) -> grpc.GenericRpcHandler[CheckRequest, bytes]:
+    """Authorization/Check, answering with bytes the service serialized (or prebuilt)."""
+    check = grpc.unary_unary_rpc_method_handler(
+        service.Check,
+        request_deserializer=CheckRequest.FromString,
+        response_serializer=_passthrough,
+    )
+    return grpc.method_handlers_generic_handler(
+        "envoy.service.auth.v3.Authorization", {"Check": check}
     )
 
 
@@ -76,7 +94,7 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
         options=[("grpc.so_reuseport", 1 if settings.workers > 1 else 0)],
     )
     service = AuthorizationService(settings, store, cache, metrics)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers((authorization_handler(service),))
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reporter = HealthReporter(
@@ -115,6 +133,7 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
         await store.flush_usage()
     await store.close()
     log.info("stopped")
+    logs.flush()
 
 
 def run(settings: Settings) -> None:

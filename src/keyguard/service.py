@@ -30,7 +30,7 @@ log = structlog.get_logger("keyguard.decision")
 
 @dataclass(slots=True)
 class Verdict:
-    response: CheckResponse
+    wire: bytes  # the serialized CheckResponse: most are prebuilt, none re-encoded
     reason: Reason
     key_id: str = ""
     degraded: bool = False
@@ -38,6 +38,10 @@ class Verdict:
     @property
     def allowed(self) -> bool:
         return self.reason is Reason.OK
+
+    @property
+    def response(self) -> CheckResponse:
+        return CheckResponse.FromString(self.wire)
 
 
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
@@ -56,10 +60,15 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
 
     async def Check(
         self, request: CheckRequest, context: grpc.aio.ServicerContext[CheckRequest, CheckResponse]
-    ) -> CheckResponse:
-        return await self.check(request)
+    ) -> bytes:
+        """The gRPC method: answers serialized bytes (see server.py's passthrough)."""
+        return (await self.decide(request)).wire
 
     async def check(self, request: CheckRequest) -> CheckResponse:
+        """The answer as a message, for callers in the same process (tests, tools)."""
+        return (await self.decide(request)).response
+
+    async def decide(self, request: CheckRequest) -> Verdict:
         start = time.perf_counter()
         request_id = ""
         try:
@@ -68,10 +77,12 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             verdict = await self._decide(facts)
         except Exception:
             log.exception("check_failed", request_id=request_id)
-            verdict = Verdict(responses.denial(Reason.INTERNAL_ERROR, False), Reason.INTERNAL_ERROR)
+            verdict = Verdict(
+                responses.denial_wire(Reason.INTERNAL_ERROR, False), Reason.INTERNAL_ERROR
+            )
         elapsed = time.perf_counter() - start
         self._record(verdict, request_id, elapsed)
-        return verdict.response
+        return verdict
 
     def _record(self, verdict: Verdict, request_id: str, elapsed: float) -> None:
         m = self.metrics
@@ -97,7 +108,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         log.info("decision", **fields)
 
     def _deny(self, reason: Reason, facts: RequestFacts, key_id: str = "") -> Verdict:
-        return Verdict(responses.denial(reason, facts.anthropic), reason, key_id)
+        return Verdict(responses.denial_wire(reason, facts.anthropic), reason, key_id)
 
     async def _decide(self, facts: RequestFacts) -> Verdict:
         credential = facts.credential
@@ -165,12 +176,12 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         finally:
             del self._inflight[key_hash]
 
-    def _allow(self, entry: CacheEntry, billing: str) -> CheckResponse:
-        response = entry.responses.get(billing)
-        if response is None:
-            response = responses.allow(entry.record, billing=billing, strip_credentials=self.strip)
-            entry.responses[billing] = response
-        return response
+    def _allow(self, entry: CacheEntry, billing: str) -> bytes:
+        wire = entry.responses.get(billing)
+        if wire is None:
+            message = responses.allow(entry.record, billing=billing, strip_credentials=self.strip)
+            wire = entry.responses[billing] = message.SerializeToString()
+        return wire
 
     def _after_spend(self, facts: RequestFacts, entry: CacheEntry, spend: SpendResult) -> Verdict:
         record = entry.record
@@ -178,19 +189,17 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         if spend.outcome in ("gone", "disabled"):
             self.cache.invalidate(record.key_hash)
         if reason is Reason.RATE_LIMIT_EXCEEDED:
-            return Verdict(responses.rate_limited(spend, facts.anthropic), reason, record.id)
+            wire = responses.rate_limited(spend, facts.anthropic).SerializeToString()
+            return Verdict(wire, reason, record.id)
         if reason is not Reason.OK:
             return self._deny(reason, facts, record.id)
         billing = (
             "payg" if spend.outcome == "payg" else "unlimited" if record.unlimited else "quota"
         )
+        wire = self._allow(entry, billing)
         if spend.rl_limit:
-            response = responses.allow(
-                record, billing=billing, strip_credentials=self.strip, spend=spend
-            )
-        else:
-            response = self._allow(entry, billing)
-        return Verdict(response, Reason.OK, record.id)
+            wire += responses.rate_limit_suffix(spend)
+        return Verdict(wire, Reason.OK, record.id)
 
     def _store_failed(
         self, facts: RequestFacts, entry: CacheEntry | None, fresh_record: bool = False
@@ -204,7 +213,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             return self._deny(Reason.STORE_UNAVAILABLE, facts)
         if entry is None:  # mode == "allow", key never seen
             return Verdict(
-                responses.allow_unknown_degraded(self.strip),
+                responses.allow_unknown_degraded(self.strip).SerializeToString(),
                 Reason.OK,
                 degraded=True,
             )
@@ -215,4 +224,4 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         response = responses.allow(
             record, billing="unmetered", strip_credentials=self.strip, degraded=True
         )
-        return Verdict(response, Reason.OK, record.id, degraded=True)
+        return Verdict(response.SerializeToString(), Reason.OK, record.id, degraded=True)

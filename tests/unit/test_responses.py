@@ -393,3 +393,31 @@ def test_allow_unknown_degraded(strip: bool) -> None:
         assert option.append_action == OVERWRITE
     removed = set(response.ok_response.headers_to_remove)
     assert ({"authorization", "x-api-key"} <= removed) is strip
+
+
+def test_rate_limit_suffix_merges_into_a_serialized_allow() -> None:
+    """Appending the hand-encoded suffix equals building the message with the headers."""
+    from keyguard.responses import rate_limit_suffix
+
+    record = _record_for_wire_test()
+    spend = SpendResult("ok", remaining=5, rl_limit=60, rl_remaining=59, rl_reset_ms=1500)
+    base = allow(record, billing="quota", strip_credentials=True)
+    merged = CheckResponse.FromString(base.SerializeToString() + rate_limit_suffix(spend))
+    built = allow(record, billing="quota", strip_credentials=True, spend=spend)
+    assert merged == built
+    added = {o.header.key: o.header.value for o in merged.ok_response.response_headers_to_add}
+    assert added == {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-reset-requests": "1.500s",
+    }
+    assert [o.append_action for o in merged.ok_response.response_headers_to_add] == [2, 2, 2]
+    assert rate_limit_suffix(SpendResult("ok")) == b""
+
+
+def _record_for_wire_test() -> KeyRecord:
+    return KeyRecord(
+        key_hash="h" * 64, id="kg_0123456789ab", name="n", type="standard", status="active",
+        created_at=0.0, expires_at=None, models=None, allowed_ips=None, unlimited=False,
+        payg=False, rpm=60, remaining=5, used=0, cycle_quota=0, cycle_seconds=0, cycle_end=None,
+    )  # fmt: skip
