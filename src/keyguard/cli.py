@@ -29,6 +29,7 @@ from keyguard.record import (
     parse_networks,
 )
 from keyguard.settings import ENV_NAMES, Settings, SettingsError, load, mask_url
+from keyguard.startup import StartupError
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -485,6 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"keyguard: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupError as exc:
+        print(f"keyguard: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     except LookupError as exc:  # UnknownKeyId
         print(f"keyguard: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -21,6 +21,7 @@ from keyguard.invalidation import InvalidationListener
 from keyguard.metrics import Metrics
 from keyguard.service import AuthorizationService
 from keyguard.settings import Settings
+from keyguard.startup import StartupError
 from keyguard.store.redis import make_store
 
 log = structlog.get_logger("keyguard.server")
@@ -29,9 +30,12 @@ log = structlog.get_logger("keyguard.server")
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if not settings.tls_cert:
         return None
-    key = Path(settings.tls_key).read_bytes()
-    cert = Path(settings.tls_cert).read_bytes()
-    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    try:
+        key = Path(settings.tls_key).read_bytes()
+        cert = Path(settings.tls_cert).read_bytes()
+        client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    except OSError as exc:
+        raise StartupError(f"cannot read a TLS file: {exc}") from None
     return grpc.ssl_server_credentials(
         [(key, cert)],
         root_certificates=client_ca,
@@ -64,19 +68,32 @@ def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials |
         with contextlib.suppress(FileNotFoundError):
             if Path(path).is_socket():
                 os.unlink(path)
-    if creds is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, creds)
-    if not address.startswith("unix:") and bound == 0:
-        raise OSError(f"cannot listen on {address}")
+    try:
+        if creds is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, creds)
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        bound = 0
+    if bound == 0:
+        raise StartupError(
+            f"cannot listen on {address}: the address is in use, or not allowed here"
+        )
 
 
 async def serve(settings: Settings, registry: CollectorRegistry | None = None) -> None:
     metrics_registry = registry or CollectorRegistry()
     metrics = Metrics(metrics_registry)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, settings.metrics_host, registry=metrics_registry)
+        try:
+            start_http_server(
+                settings.metrics_port, settings.metrics_host, registry=metrics_registry
+            )
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}:"
+                f" {exc.strerror or exc}"
+            ) from None
 
     store = make_store(settings, metrics)
     client = store.client

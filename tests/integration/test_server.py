@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +17,13 @@ import redis
 
 from tests.support.checks import check_request, create_key, http_status, keys_cli, reason
 from tests.support.grpc_client import Client, wait_until
-from tests.support.procs import KeyguardServer, RedisServer, running_keyguard, running_redis
+from tests.support.procs import (
+    KeyguardServer,
+    RedisServer,
+    keyguard_cmd,
+    running_keyguard,
+    running_redis,
+)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -233,3 +242,28 @@ def test_workers_share_a_port_and_metrics_sum(redis_url: str) -> None:
             if '"event": "started"' in line
         }
         assert len(pids) == 2 and server.proc is not None and server.proc.pid not in pids
+
+
+@pytest.mark.parametrize("which", ["grpc", "metrics"])
+def test_a_taken_port_is_a_one_line_error(redis_url: str, which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = KeyguardServer(redis_url)
+        env = {
+            "KEYGUARD_REDIS_URL": redis_url,
+            "KEYGUARD_LISTEN": f"127.0.0.1:{port if which == 'grpc' else server.port}",
+            "KEYGUARD_METRICS_HOST": "127.0.0.1",
+            "KEYGUARD_METRICS_PORT": str(port if which == "metrics" else server.metrics_port),
+        }
+        result = subprocess.run(
+            [*keyguard_cmd(), "serve"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("keyguard: error: cannot ")
+    assert "Traceback" not in result.stderr
