@@ -219,6 +219,9 @@ def gemini_generate(model: str) -> dict[str, Any]:
 class Handler(BaseHTTPRequestHandler):
     # Keep-alive, so Envoy's upstream connections are reused like with a real API.
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm on, the
+    # peer's delayed ACK would add ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
     server_version = "demo-upstream/1"
     stats: Stats  # set on the subclass made by make_server
 

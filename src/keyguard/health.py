@@ -16,6 +16,10 @@ log = structlog.get_logger("keyguard.health")
 # The aio servicer is untyped in grpc-stubs.
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 SERVICES = ("", "envoy.service.auth.v3.Authorization")
+# SERVING while the process runs, whatever Redis does: for liveness probes, so
+# that a Redis outage takes a pod out of rotation without restarting it (and
+# emptying the cache that KEYGUARD_ON_STORE_ERROR=cached serves from).
+LIVENESS_SERVICE = "liveness"
 
 
 class HealthReporter:
@@ -51,6 +55,7 @@ class HealthReporter:
         """Before the first probe: grpc's servicer starts at SERVING, but nothing
         is known about the store yet, and a keyguard without it can only deny."""
         await self._set(self.serve_without_store)
+        await self.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     async def probe_once(self) -> None:
         try:
@@ -67,9 +72,24 @@ class HealthReporter:
 
     async def _run(self) -> None:
         while True:
-            await self.probe_once()
-            with contextlib.suppress(StoreError):
+            # Nothing may end this loop but cancellation: a dead loop would
+            # freeze the health status at whatever it last said.
+            try:
+                await self.probe_once()
+            except asyncio.CancelledError:
+                if self.shutting_down:
+                    raise
+                log.warning("health_probe_cancelled")
+            except Exception as exc:
+                log.error("health_probe_failed", error=type(exc).__name__)
+            try:
                 await self.store.flush_usage()
+            except asyncio.CancelledError:
+                if self.shutting_down:
+                    raise
+            except Exception as exc:
+                if not isinstance(exc, StoreError):
+                    log.error("usage_flush_failed", error=type(exc).__name__)
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:
@@ -78,6 +98,7 @@ class HealthReporter:
     async def shutdown(self) -> None:
         self.shutting_down = True
         await self._set(False)
+        await self.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

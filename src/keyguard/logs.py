@@ -4,22 +4,27 @@ The raw API key is never handed to the logger, so redaction does not depend
 on a filter. Tracebacks are rendered without local variables for the same
 reason.
 
-Lines are gathered and written together at most FLUSH_DELAY (20 ms) after the
-first of them: a decision log line per Check then costs a list append instead
-of a system call and an event-loop iteration, and lines still reach
-`kubectl logs` at once for any human purpose.
+A decision line is logged on every Check, so the hot path only collects the
+event dict (structlog's processors run as usual, minus the final JSON
+rendering). Lines are rendered and written together at most FLUSH_DELAY after
+the first of a batch: one write instead of a system call and an event-loop
+iteration per Check, and rendering in a tight loop instead of between Checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import sys
+import time
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
+FLUSH_DELAY = 0.02  # seconds
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -28,62 +33,84 @@ _LEVELS = {
 }
 
 
-FLUSH_DELAY = 0.02  # seconds
+def _stamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event["timestamp"] = time.time()  # rendered as ISO 8601 UTC at flush
+    return event
 
 
-class TickBufferedLogger:
-    """A structlog logger that batches lines and writes them within FLUSH_DELAY."""
+class _Iso:
+    """Format epoch seconds as ISO 8601 UTC, formatting the date part once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, stamp: float) -> str:
+        second = int(stamp)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((stamp - second) * 1_000_000):06d}Z"
+
+
+class BatchingLogger:
+    """The structlog logger: keeps event dicts and writes them as JSON lines in batches."""
 
     def __init__(self, file: TextIO) -> None:
         self._file = file
-        self._lines: list[str] = []
+        self._events: list[dict[str, Any]] = []
         self._scheduled = False
+        self._iso = _Iso()
 
-    def msg(self, message: str) -> None:
-        self._lines.append(message)
+    def msg(self, **event: Any) -> None:
+        self._events.append(event)
         if self._scheduled:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (CLI, start-up): write now
+        except RuntimeError:  # no loop (CLI, start-up, shutdown): write now
             self.flush()
             return
         self._scheduled = True
-        # A short delay gathers the lines of many Checks into one write; an
-        # immediate callback would cost an extra loop iteration per Check.
         loop.call_later(FLUSH_DELAY, self.flush)
 
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
     def flush(self) -> None:
         self._scheduled = False
-        if not self._lines:
+        if not self._events:
             return
-        data = "\n".join(self._lines) + "\n"
-        self._lines.clear()
-        self._file.write(data)
+        events, self._events = self._events, []
+        lines = []
+        for event in events:
+            stamp = event.get("timestamp")
+            if isinstance(stamp, float):
+                event["timestamp"] = self._iso(stamp)
+            lines.append(json.dumps(event, default=repr))
+        self._file.write("\n".join(lines) + "\n")
         self._file.flush()
 
 
-_logger: TickBufferedLogger | None = None
+_logger: BatchingLogger | None = None
 
 
-def _factory(*_args: Any) -> TickBufferedLogger:
+def _factory(*_args: Any) -> BatchingLogger:
     assert _logger is not None
     return _logger
 
 
 def configure(level: str = "info", file: TextIO | None = None) -> None:
     global _logger
-    _logger = TickBufferedLogger(file or sys.stdout)
+    if _logger is not None:
+        _logger.flush()
+    _logger = BatchingLogger(file or sys.stdout)
     atexit.register(_logger.flush)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _stamp,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),
         logger_factory=_factory,

@@ -267,3 +267,14 @@ def test_a_taken_port_is_a_one_line_error(redis_url: str, which: str) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("keyguard: error: cannot ")
     assert "Traceback" not in result.stderr
+
+
+def test_liveness_service_ignores_redis(own_redis: RedisServer) -> None:
+    from grpc_health.v1 import health_pb2
+
+    with running_keyguard(own_redis.url) as server, Client(server.target) as client:
+        wait_until(lambda: client.health_status() == "SERVING")
+        own_redis.kill()
+        wait_until(lambda: client.health_status() == "NOT_SERVING", timeout=5)
+        reply = client.health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=2)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -331,8 +331,10 @@ def test_resources_are_bounded() -> None:
 
 def test_keyguard_probes_speak_grpc_health_over_the_socket() -> None:
     keyguard = _container("keyguard")
+    # Readiness follows Redis; liveness asks the "liveness" service, which does not.
+    assert keyguard["readinessProbe"]["exec"]["command"] == HEALTH_EXEC
+    assert keyguard["livenessProbe"]["exec"]["command"] == [*HEALTH_EXEC, "--service", "liveness"]
     for probe in ("readinessProbe", "livenessProbe"):
-        assert keyguard[probe]["exec"]["command"] == HEALTH_EXEC, probe
         assert keyguard[probe]["timeoutSeconds"] >= 2, "a Python process needs time to start"
     envoy_ready = _container("envoy")["readinessProbe"]["httpGet"]
     assert envoy_ready["path"] == "/ready"

@@ -99,7 +99,7 @@ class PipelinedRedis:
         self._protocol: _Protocol | None = None
         self._buffer: list[bytes] = []
         self._flush_scheduled = False
-        self._connecting: asyncio.Future[None] | None = None
+        self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._scripts: dict[str, str] = {}
 
@@ -140,19 +140,19 @@ class PipelinedRedis:
     async def _ensure(self) -> None:
         if self._protocol is not None:
             return
+        # The connect runs in a task of its own that every caller shields: a
+        # caller cancelled meanwhile (a Check past Envoy's deadline) must not
+        # cancel the connect for the others, such as the health probe.
         if self._connecting is None:
-            self._connecting = asyncio.get_running_loop().create_future()
-            try:
-                await self._connect()
-                self._connecting.set_result(None)
-            except BaseException as exc:
-                self._connecting.set_exception(exc)
-                self._connecting.exception()  # retrieved: callers see it below
-                raise
-            finally:
-                self._connecting = None
-        else:
-            await asyncio.shield(self._connecting)
+            task = asyncio.get_running_loop().create_task(self._connect())
+            task.add_done_callback(self._connected)
+            self._connecting = task
+        await asyncio.shield(self._connecting)
+
+    def _connected(self, task: asyncio.Task[None]) -> None:
+        self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved here; every waiter gets it from shield()
 
     def fail(self, exc: Exception) -> None:
         """Fail every command in flight and drop the connection."""
