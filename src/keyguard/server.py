@@ -155,4 +155,10 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
 
 def run(settings: Settings) -> None:
     logs.configure(settings.log_level)
-    asyncio.run(serve(settings))
+    if settings.event_loop == "uvloop":
+        # Measured: about 12% less CPU per Check than the stock loop (README, Benchmarks).
+        import uvloop
+
+        uvloop.run(serve(settings))
+    else:
+        asyncio.run(serve(settings))

@@ -55,6 +55,7 @@ class Settings:
     # Octal permissions of Unix sockets: group access lets an Envoy running
     # as another user in the same group (Kubernetes fsGroup) connect.
     socket_mode: str = "660"
+    event_loop: str = "uvloop"
 
     def masked(self) -> dict[str, Any]:
         """The settings for the first log line, with the Redis password hidden."""
@@ -222,6 +223,8 @@ def validate(s: Settings) -> None:
         mode = -1
     if not 0 <= mode <= 0o777:
         raise SettingsError(f"KEYGUARD_SOCKET_MODE={s.socket_mode!r}: expected octal such as 660")
+    if s.event_loop not in ("uvloop", "asyncio"):
+        raise SettingsError(f"KEYGUARD_EVENT_LOOP={s.event_loop!r}: expected uvloop or asyncio")
     if s.redis_timeout <= 0:
         raise SettingsError("KEYGUARD_REDIS_TIMEOUT must be greater than 0")
 
