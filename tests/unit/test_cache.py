@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from keyguard.cache import KeyCache
-from keyguard.record import TYPE_STANDARD, KeyRecord
+from keyguard.record import KeyRecord
+from tests.support.records import BASE
 
 
 class FakeClock:
@@ -21,29 +22,8 @@ class FakeClock:
         self.now += seconds
 
 
-_BASE = KeyRecord(
-    key_hash="",
-    id="",
-    name="",
-    type=TYPE_STANDARD,
-    status="active",
-    created_at=0.0,
-    expires_at=None,
-    models=None,
-    allowed_ips=None,
-    unlimited=True,
-    payg=False,
-    rpm=0,
-    remaining=0,
-    used=0,
-    cycle_quota=0,
-    cycle_seconds=0,
-    cycle_end=None,
-)
-
-
 def rec(key_hash: str, **changes: object) -> KeyRecord:
-    return dataclasses.replace(_BASE, key_hash=key_hash, id=f"kg_{key_hash}", **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(BASE, key_hash=key_hash, id=f"kg_{key_hash}", **changes)  # type: ignore[arg-type]
 
 
 def make_cache(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable
 
@@ -14,8 +13,9 @@ from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRespons
 from keyguard.keys import generate_key
 from keyguard.policy import SpendResult
 from keyguard.reasons import OUTCOMES, Reason
-from keyguard.record import TYPE_STANDARD, TYPE_SUBSCRIPTION, KeyRecord
+from keyguard.record import TYPE_STANDARD, TYPE_SUBSCRIPTION
 from keyguard.responses import allow, allow_unknown_degraded, denial, error_body, rate_limited
+from tests.support.records import make_record
 
 OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 ANTHROPIC_TYPES = {
@@ -105,29 +105,6 @@ STATUS_TO_GRPC = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-
-
-def make_record(**changes: object) -> KeyRecord:
-    record = KeyRecord(
-        key_hash="f" * 64,
-        id="kg_a1b2c3d4e5f6",
-        name="n",
-        type=TYPE_STANDARD,
-        status="active",
-        created_at=0.0,
-        expires_at=None,
-        models=None,
-        allowed_ips=None,
-        unlimited=True,
-        payg=False,
-        rpm=0,
-        remaining=0,
-        used=0,
-        cycle_quota=0,
-        cycle_seconds=0,
-        cycle_end=None,
-    )
-    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
 
 
 def header_dict(options: Iterable[HeaderValueOption]) -> dict[str, str]:
@@ -399,7 +376,7 @@ def test_rate_limit_suffix_merges_into_a_serialized_allow() -> None:
     """Appending the hand-encoded suffix equals building the message with the headers."""
     from keyguard.responses import rate_limit_suffix
 
-    record = _record_for_wire_test()
+    record = make_record(unlimited=False, rpm=60, remaining=5)
     spend = SpendResult("ok", remaining=5, rl_limit=60, rl_remaining=59, rl_reset_ms=1500)
     base = allow(record, billing="quota", strip_credentials=True)
     merged = CheckResponse.FromString(base.SerializeToString() + rate_limit_suffix(spend))
@@ -413,11 +390,3 @@ def test_rate_limit_suffix_merges_into_a_serialized_allow() -> None:
     }
     assert [o.append_action for o in merged.ok_response.response_headers_to_add] == [2, 2, 2]
     assert rate_limit_suffix(SpendResult("ok")) == b""
-
-
-def _record_for_wire_test() -> KeyRecord:
-    return KeyRecord(
-        key_hash="h" * 64, id="kg_0123456789ab", name="n", type="standard", status="active",
-        created_at=0.0, expires_at=None, models=None, allowed_ips=None, unlimited=False,
-        payg=False, rpm=60, remaining=5, used=0, cycle_quota=0, cycle_seconds=0, cycle_end=None,
-    )  # fmt: skip

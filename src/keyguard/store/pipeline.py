@@ -211,7 +211,8 @@ class PipelinedRedis:
         self._watchdog = loop.call_later(self.timeout, self._check_timeouts)
 
     async def execute(self, *args: Any) -> Any:
-        await self._ensure()
+        if self._protocol is None:
+            await self._ensure()
         return await self._send(args)
 
     async def evalsha(self, script: str, keys: list[str], args: list[Any]) -> Any:

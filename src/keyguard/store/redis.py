@@ -39,6 +39,7 @@ class RedisKeyStore:
         self._spend = client.register_script(SPEND)
         self._add_used = client.register_script(ADD_USED)
         self._pending_usage: dict[str, int] = {}
+        self._spend_duration = metrics.redis_op_duration["spend"]
 
     async def _timed(self, op: str, coro: Any) -> Any:
         start = time.perf_counter()
@@ -68,11 +69,17 @@ class RedisKeyStore:
 
     async def spend(self, key_hash: str, cost: int, rpm: int) -> SpendResult:
         keys = [record_key(key_hash), ratelimit_key(key_hash)]
-        if self.fast is not None:
-            call = self.fast.evalsha(SPEND, keys, [cost, rpm])
-        else:
-            call = self._spend(keys=keys, args=[cost, rpm])
-        out = await self._timed("spend", call)
+        start = time.perf_counter()
+        try:
+            if self.fast is not None:
+                out = await self.fast.evalsha(SPEND, keys, [cost, rpm])
+            else:
+                out = await self._spend(keys=keys, args=[cost, rpm])
+        except _ERRORS as exc:
+            self.metrics.redis_op_errors["spend"].inc()
+            raise StoreError(f"spend: {type(exc).__name__}") from exc
+        # The hot path's own copy of _timed: one coroutine less per metered Check.
+        self._spend_duration.observe(time.perf_counter() - start)
         return SpendResult(
             outcome=str(out[0]),
             remaining=int(out[1]),
