@@ -62,10 +62,14 @@ class _Protocol(asyncio.Protocol):
                 return
             if reply is False:
                 return
-            if not pending:  # a reply nobody waits for: the stream is out of step
+            if not pending or not self.owner.written:  # the stream is out of step
                 self.owner.fail(PipelineConnectionError("unexpected reply"))
                 return
             future, _ = pending.popleft()
+            self.owner.written -= 1
+            if not self.owner.written:
+                # The batch on the wire is answered: send what queued up meanwhile.
+                self.owner.flush_now()
             if future.done():
                 continue
             if isinstance(reply, ReplyError):
@@ -95,7 +99,10 @@ class PipelinedRedis:
                 ctx.load_cert_chain(settings.redis_tls_cert, settings.redis_tls_key or None)
             self.ssl = ctx
         self.timeout = settings.redis_timeout
+        # Commands in flight: written ones first (``written`` of them), then the
+        # ones still in ``_buffer``.
         self.pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self.written = 0
         self._protocol: _Protocol | None = None
         self._buffer: list[bytes] = []
         self._flush_scheduled = False
@@ -158,6 +165,7 @@ class PipelinedRedis:
         """Fail every command in flight and drop the connection."""
         protocol, self._protocol = self._protocol, None
         self._buffer.clear()
+        self.written = 0
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abort()
         while self.pending:
@@ -179,7 +187,10 @@ class PipelinedRedis:
         future: asyncio.Future[Any] = loop.create_future()
         self.pending.append((future, loop.time()))
         self._buffer.append(_encode(args))
-        if not self._flush_scheduled:
+        # Auto-pipelining: with nothing on the wire, write at the end of this
+        # loop iteration (gathering the commands issued in it); with a batch on
+        # the wire, wait for its replies and send everything queued in one write.
+        if not self.written and not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         if self._watchdog is None:
@@ -188,13 +199,19 @@ class PipelinedRedis:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if not self.written:
+            self.flush_now()
+
+    def flush_now(self) -> None:
         if not self._buffer:
             return
         data = b"".join(self._buffer)
+        count = len(self._buffer)
         self._buffer.clear()
         if self._protocol is None or self._protocol.transport is None:
             self.fail(PipelineConnectionError("not connected"))
             return
+        self.written += count
         self._protocol.transport.write(data)
 
     def _check_timeouts(self) -> None:
