@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -21,10 +20,10 @@ from keyguard.reasons import Reason
 from keyguard.record import (
     STATUS_ACTIVE,
     STATUS_DISABLED,
-    TYPE_STANDARD,
     KeyRecord,
     parse_networks,
 )
+from tests.support.records import make_record as base_record
 
 NOW = 1_750_000_000.0
 
@@ -37,26 +36,16 @@ def make_record(
     allowed_ips: str | None = None,
     **changes: Any,
 ) -> KeyRecord:
-    record = KeyRecord(
-        key_hash="0" * 64,
-        id="kg_0123456789ab",
-        name="test",
-        type=TYPE_STANDARD,
+    return base_record(
         status=status,
         created_at=NOW - 86400,
         expires_at=expires_at,
         models=frozenset(models) if models is not None else None,
         allowed_ips=parse_networks(allowed_ips) if allowed_ips is not None else None,
         unlimited=False,
-        payg=False,
-        rpm=0,
         remaining=10,
-        used=0,
-        cycle_quota=0,
-        cycle_seconds=0,
-        cycle_end=None,
+        **changes,
     )
-    return dataclasses.replace(record, **changes)
 
 
 def model_is(name: str) -> Callable[[], str]:
