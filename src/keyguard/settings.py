@@ -6,7 +6,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -229,4 +229,4 @@ def validate(s: Settings) -> None:
         raise SettingsError("KEYGUARD_REDIS_TIMEOUT must be greater than 0")
 
 
-__all__ = ["Settings", "SettingsError", "field", "load"]
+__all__ = ["Settings", "SettingsError", "load"]

@@ -33,6 +33,15 @@ def worker_listen(listen: tuple[str, ...], index: int) -> str:
     return ",".join(f"{a}.{index}" if a.startswith("unix:") else a for a in listen)
 
 
+def _env_value(value: object) -> str:
+    """A setting written back as the KEYGUARD_* text that settings.load() parses."""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _spawn(settings: Settings, index: int, multiproc_dir: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -46,14 +55,7 @@ def _spawn(settings: Settings, index: int, multiproc_dir: str) -> subprocess.Pop
     for name in settings.__dataclass_fields__:
         if name in ("listen", "metrics_port", "workers"):
             continue
-        value = getattr(settings, name)
-        env[f"KEYGUARD_{name.upper()}"] = (
-            ",".join(value)
-            if isinstance(value, tuple)
-            else str(value).lower()
-            if isinstance(value, bool)
-            else str(value)
-        )
+        env[f"KEYGUARD_{name.upper()}"] = _env_value(getattr(settings, name))
     return subprocess.Popen([sys.executable, "-m", "keyguard", "serve"], env=env)
 
 
