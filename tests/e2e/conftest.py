@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import shutil
 import string
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.contract import ANTHROPIC_TYPES
 from tests.support.envoy import DEFAULT_CONFIG, EnvoyProcess, running_envoy
 from tests.support.procs import (
     KeyguardServer,
@@ -31,19 +34,6 @@ from tests.support.procs import (
 )
 from tests.support.upstream import DemoUpstream, running_upstream
 
-# Expected Anthropic error type per reason (the contract, not keyguard's table).
-ANTHROPIC_TYPES = {
-    "missing_api_key": "authentication_error",
-    "invalid_api_key": "authentication_error",
-    "key_disabled": "authentication_error",
-    "key_expired": "authentication_error",
-    "ip_not_allowed": "permission_error",
-    "model_not_allowed": "permission_error",
-    "model_required": "invalid_request_error",
-    "insufficient_quota": "billing_error",
-    "rate_limit_exceeded": "rate_limit_error",
-    "store_unavailable": "api_error",
-}
 ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
 
 
@@ -210,6 +200,44 @@ def running_stack(
         wait_serving(keyguard)
         envoy = stack.enter_context(
             running_envoy(upstream_port=upstream.port, keyguard_port=keyguard.port, source=config)
+        )
+        http = stack.enter_context(
+            httpx.Client(base_url=envoy.base_url, trust_env=False, timeout=10.0)
+        )
+        yield Stack(redis, keyguard, upstream, envoy, http)
+
+
+@contextlib.contextmanager
+def running_socket_stack(
+    config: Path, *, workers: int = 1, envoy_concurrency: int = 1
+) -> Iterator[Stack]:
+    """The stack with Envoy reaching keyguard on a Unix socket (keyguard also listens on
+    TCP, which KeyguardServer waits for, showing both are served at once)."""
+    # A short path: Unix socket paths are limited to about 100 bytes.
+    sock_dir = Path(tempfile.mkdtemp(prefix="kg-"))
+    socket_path = str(sock_dir / "kg.sock")
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, sock_dir, ignore_errors=True)
+        redis = stack.enter_context(running_redis())
+        upstream = stack.enter_context(running_upstream())
+        keyguard = KeyguardServer(redis.url)
+        stack.callback(keyguard.close)
+        keyguard.extra_env["KEYGUARD_LISTEN"] = f"{keyguard.target},unix:{socket_path}"
+        if workers > 1:
+            keyguard.extra_env["KEYGUARD_WORKERS"] = str(workers)
+        keyguard.start()
+        if workers > 1:
+            for i in range(workers):
+                wait_serving(keyguard, target=f"unix:{socket_path}.{i}")
+        else:
+            wait_serving(keyguard, target=f"unix:{socket_path}")
+        envoy = stack.enter_context(
+            running_envoy(
+                upstream_port=upstream.port,
+                keyguard_socket=socket_path,
+                source=config,
+                concurrency=envoy_concurrency,
+            )
         )
         http = stack.enter_context(
             httpx.Client(base_url=envoy.base_url, trust_env=False, timeout=10.0)

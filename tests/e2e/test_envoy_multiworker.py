@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.e2e.conftest import Stack, assert_denied, wait_serving
-from tests.support.envoy import MULTIWORKER_CONFIG, http_get, running_envoy
-from tests.support.procs import KeyguardServer, running_redis
-from tests.support.upstream import running_upstream
+from tests.e2e.conftest import Stack, assert_denied, running_socket_stack
+from tests.support.envoy import MULTIWORKER_CONFIG, http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -24,31 +17,8 @@ WORKERS = 2
 
 @pytest.fixture(scope="module")
 def multi_stack() -> Iterator[Stack]:
-    sock_dir = Path(tempfile.mkdtemp(prefix="kg-"))
-    socket_path = str(sock_dir / "kg.sock")
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, sock_dir, ignore_errors=True)
-        redis = stack.enter_context(running_redis())
-        upstream = stack.enter_context(running_upstream())
-        keyguard = KeyguardServer(redis.url)
-        stack.callback(keyguard.close)
-        keyguard.extra_env["KEYGUARD_LISTEN"] = f"{keyguard.target},unix:{socket_path}"
-        keyguard.extra_env["KEYGUARD_WORKERS"] = str(WORKERS)
-        keyguard.start()
-        for i in range(WORKERS):
-            wait_serving(keyguard, target=f"unix:{socket_path}.{i}")
-        envoy = stack.enter_context(
-            running_envoy(
-                upstream_port=upstream.port,
-                keyguard_socket=socket_path,
-                source=MULTIWORKER_CONFIG,
-                concurrency=2,
-            )
-        )
-        http = stack.enter_context(
-            httpx.Client(base_url=envoy.base_url, trust_env=False, timeout=10.0)
-        )
-        yield Stack(redis, keyguard, upstream, envoy, http)
+    with running_socket_stack(MULTIWORKER_CONFIG, workers=WORKERS, envoy_concurrency=2) as stack:
+        yield stack
 
 
 def _checks_per_socket(stack: Stack) -> dict[str, int]:

@@ -48,6 +48,7 @@ from keyguard.service import AuthorizationService
 from keyguard.store import record_key
 from tests.integration.conftest import run, service_for
 from tests.support.checks import check_request, create_key, http_status, keys_cli, reason
+from tests.support.contract import ANTHROPIC_TYPES
 
 TOTAL_EXAMPLES = max(2, int(os.environ.get("KEYGUARD_FUZZ_EXAMPLES", "20000")))
 GENERAL_EXAMPLES = TOTAL_EXAMPLES * 3 // 4
@@ -69,19 +70,6 @@ FUZZ_SETTINGS: dict[str, Any] = {
 
 ALNUM = string.ascii_letters + string.digits
 DENY_STATUSES = frozenset({400, 401, 402, 403, 429, 500, 503})
-ANTHROPIC_TYPES = {
-    "missing_api_key": "authentication_error",
-    "invalid_api_key": "authentication_error",
-    "key_disabled": "authentication_error",
-    "key_expired": "authentication_error",
-    "ip_not_allowed": "permission_error",
-    "model_not_allowed": "permission_error",
-    "model_required": "invalid_request_error",
-    "insufficient_quota": "billing_error",
-    "rate_limit_exceeded": "rate_limit_error",
-    "store_unavailable": "api_error",
-    "internal_error": "api_error",
-}
 # The documented Gemini path form: the path ends in "/models/<model>:<action>".
 GEMINI_PATH = re.compile(r"/models/([^/:?]+):[A-Za-z]+$")
 MAX_MODEL_LEN = 256
