@@ -71,6 +71,7 @@ class Plan:
     flood_seconds: float
     flood_max_keys: int
     e2e_seconds: float
+    e2e_rounds: int
     rate_seconds: float
     rate_warmup: float
     rate_setups: tuple[str, ...]
@@ -79,13 +80,14 @@ class Plan:
     def full(cls) -> Plan:
         return cls(
             quick=False,
-            cpu_checks=6_000,
-            cpu_reps=5,
+            cpu_checks=8_000,
+            cpu_reps=7,
             cpu_warmup=2_000,
             workers_checks=6_000,
             flood_seconds=50.0,
             flood_max_keys=1_000_000,
-            e2e_seconds=7.0,
+            e2e_seconds=3.0,
+            e2e_rounds=3,
             rate_seconds=10.0,
             rate_warmup=1.0,
             rate_setups=("none", "api_key_auth", "floor", "keyguard_tcp"),
@@ -102,6 +104,7 @@ class Plan:
             flood_seconds=2.0,
             flood_max_keys=1_000_000,
             e2e_seconds=1.0,
+            e2e_rounds=1,
             rate_seconds=1.5,
             rate_warmup=0.3,
             rate_setups=("api_key_auth", "keyguard_tcp"),
@@ -613,22 +616,66 @@ class Run:
             return self.kg_cost1.pid
         return None
 
+    def _e2e_round(
+        self, setup: EnvoySetup, envoy: EnvoyProcess, url: str, headers: dict[str, str]
+    ) -> dict[str, Any]:
+        """One wrk run through one Envoy, with Envoy's and the authz server's CPU."""
+        assert envoy.proc is not None
+        authz = self._authz_pid(setup)
+        other = OtherLoad([envoy.proc.pid, *([authz] if authz else [])])
+        other.start()
+        stats_before = envoy.stats("ext_authz")
+        envoy_meter = CpuMeter([envoy.proc.pid])
+        authz_meter = CpuMeter([authz]) if authz else None
+        envoy_meter.start()
+        if authz_meter:
+            authz_meter.start()
+        result = loadgen.wrk(url, headers, self.plan.e2e_seconds)
+        envoy_cpu = envoy_meter.stop()
+        authz_cpu = authz_meter.stop() if authz_meter else None
+        other_pct = other.stop()
+        stats_after = envoy.stats("ext_authz")
+        ext = {
+            k.rsplit(".", 1)[-1]: stats_after[k] - stats_before.get(k, 0)
+            for k in stats_after
+            if k.startswith("http.llm_ingress.ext_authz.")
+        }
+        if ext.get("denied", 0):
+            raise RuntimeError(f"{setup.name}: ext_authz denied a valid key: {ext}")
+        if result.non_2xx or result.socket_errors:
+            self.say(
+                f"  WARNING {setup.name}: {result.non_2xx} non-2xx answers and "
+                f"{result.socket_errors} socket errors (ext_authz {ext})"
+            )
+        return {
+            **asdict(result),
+            "envoy_cpu_us_per_request": round(envoy_cpu / max(result.requests, 1) * 1e6, 1),
+            "authz_cpu_us_per_request": (
+                round(authz_cpu / max(result.requests, 1) * 1e6, 1)
+                if authz_cpu is not None
+                else None
+            ),
+            "ext_authz": ext,
+            "other_load_pct": round(other_pct, 1),
+        }
+
     def envoy_runs(self) -> None:
         plan = self.plan
         self.say(
-            f"(2) end to end through Envoy --concurrency 1: wrk -t1 -c32 -d{plan.e2e_seconds:.0f}s"
-            f"; (3) fixed {FIXED_RATE} rps for {plan.rate_seconds}s with h2load"
+            f"(2) end to end through Envoy --concurrency 1: {plan.e2e_rounds} interleaved "
+            f"round(s) of wrk -t1 -c32 -d{plan.e2e_seconds:.0f}s per setup; "
+            f"(3) fixed {FIXED_RATE} rps for {plan.rate_seconds}s with h2load"
         )
-        e2e: dict[str, Any] = {}
-        fixed: dict[str, Any] = {}
         headers = {"Authorization": f"Bearer {self.keys['unlimited']['key']}"}
+        # Every Envoy up at once (idle ones cost nothing), then rounds that take the
+        # setups in turn: slow drifts on the machine land on all of them alike.
+        running: list[tuple[EnvoySetup, EnvoyProcess, str, str]] = []
         for setup in self.setups:
             envoy = EnvoyProcess(
                 setup.config, listen_port=setup.listen_port, admin_port=setup.admin_port
             )
             self.procs.envoys.append(envoy)
             envoy.start()
-            assert envoy.proc is not None
             url = f"{envoy.base_url}{E2E_PATH}"
             verified = self._verify_envoy(setup, url)
             # Warm connections and caches (h2load: quick and not Python).
@@ -638,73 +685,70 @@ class Run:
                 + [url],
                 timeout=60,
             )
+            running.append((setup, envoy, url, verified))
+        rounds: dict[str, list[dict[str, Any]]] = {setup.name: [] for setup in self.setups}
+        for number in range(plan.e2e_rounds):
+            for setup, envoy, url, _ in running:
+                run = self._e2e_round(setup, envoy, url, headers)
+                rounds[setup.name].append(run)
+                self.say(
+                    f"  {setup.label:<36} {run['rps']:>9.0f} rps  p50 {run['p50_ms']:.2f} ms  "
+                    f"p99 {run['p99_ms']:.2f} ms  other load {run['other_load_pct']:.0f}%"
+                    + (f"  (round {number + 1}/{plan.e2e_rounds})" if plan.e2e_rounds > 1 else "")
+                )
+        e2e: dict[str, Any] = {}
+        for setup, _, _, verified in running:
+            done = rounds[setup.name]
+            row: dict[str, Any] = {"label": setup.label, "rounds": len(done)}
+            for key in ("rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms"):
+                row[key] = round(statistics.median(r[key] for r in done), 3)
+            row["rps_runs"] = [round(r["rps"], 1) for r in done]
+            for key in ("requests", "non_2xx", "socket_errors"):
+                row[key] = sum(r[key] for r in done)
+            row["seconds"] = round(sum(r["seconds"] for r in done), 2)
+            for key in ("envoy_cpu_us_per_request", "authz_cpu_us_per_request"):
+                values = [r[key] for r in done if r[key] is not None]
+                row[key] = round(statistics.median(values), 1) if values else None
+            row["ext_authz"] = {
+                k: sum(r["ext_authz"].get(k, 0) for r in done) for k in done[-1]["ext_authz"]
+            }
+            row["other_load_pct_runs"] = [r["other_load_pct"] for r in done]
+            row["other_load_pct"] = max(row["other_load_pct_runs"])
+            row["verified"] = verified
+            e2e[setup.name] = row
+
+        fixed: dict[str, Any] = {}
+        for setup, envoy, url, _ in running:
+            if setup.name not in plan.rate_setups:
+                continue
+            assert envoy.proc is not None
             authz = self._authz_pid(setup)
             other = OtherLoad([envoy.proc.pid, *([authz] if authz else [])])
             other.start()
-            stats_before = envoy.stats("ext_authz")
-            envoy_meter = CpuMeter([envoy.proc.pid])
-            authz_meter = CpuMeter([authz]) if authz else None
-            envoy_meter.start()
-            if authz_meter:
-                authz_meter.start()
-            result = loadgen.wrk(url, headers, plan.e2e_seconds)
-            envoy_cpu = envoy_meter.stop()
-            authz_cpu = authz_meter.stop() if authz_meter else None
-            other_pct = other.stop()
-            stats_after = envoy.stats("ext_authz")
-            ext = {
-                k.rsplit(".", 1)[-1]: stats_after[k] - stats_before.get(k, 0)
-                for k in stats_after
-                if k.startswith("http.llm_ingress.ext_authz.")
-            }
-            if ext.get("denied", 0):
-                raise RuntimeError(f"{setup.name}: ext_authz denied a valid key: {ext}")
-            if result.non_2xx or result.socket_errors:
-                self.say(
-                    f"  WARNING {setup.name}: {result.non_2xx} non-2xx answers and "
-                    f"{result.socket_errors} socket errors (ext_authz {ext})"
-                )
-            row = {
-                "label": setup.label,
-                **asdict(result),
-                "envoy_cpu_us_per_request": round(envoy_cpu / result.requests * 1e6, 1),
-                "authz_cpu_us_per_request": (
-                    round(authz_cpu / result.requests * 1e6, 1) if authz_cpu is not None else None
-                ),
-                "ext_authz": ext,
-                "other_load_pct": round(other_pct, 1),
-                "verified": verified,
-            }
-            e2e[setup.name] = row
-            self.say(
-                f"  {setup.label:<36} {result.rps:>9.0f} rps  p50 {result.p50_ms:.2f} ms  "
-                f"p99 {result.p99_ms:.2f} ms  other load {other_pct:.0f}%"
+            rate = loadgen.h2load_fixed_rate(
+                url,
+                headers,
+                FIXED_RATE,
+                plan.rate_seconds,
+                plan.rate_warmup,
+                self.tmp / f"rate-{setup.name}.log",
             )
-            if setup.name in plan.rate_setups:
-                other = OtherLoad([envoy.proc.pid, *([authz] if authz else [])])
-                other.start()
-                rate = loadgen.h2load_fixed_rate(
-                    url,
-                    headers,
-                    FIXED_RATE,
-                    plan.rate_seconds,
-                    plan.rate_warmup,
-                    self.tmp / f"rate-{setup.name}.log",
-                )
-                if rate.non_200 or rate.failed:
-                    self.say(
-                        f"  WARNING {setup.name}: {rate.non_200} non-200 answers and "
-                        f"{rate.failed} failed requests at {FIXED_RATE} rps"
-                    )
-                fixed[setup.name] = {
-                    "label": setup.label,
-                    **asdict(rate),
-                    "other_load_pct": round(other.stop(), 1),
-                }
+            if rate.non_200 or rate.failed:
                 self.say(
-                    f"  {'':<36} @{FIXED_RATE} rps: p50 {rate.p50_ms:.2f}  p99 {rate.p99_ms:.2f}"
-                    f"  p99.9 {rate.p999_ms:.2f} ms ({rate.achieved_rps:.0f} rps achieved)"
+                    f"  WARNING {setup.name}: {rate.non_200} non-200 answers and "
+                    f"{rate.failed} failed requests at {FIXED_RATE} rps"
                 )
+            fixed[setup.name] = {
+                "label": setup.label,
+                **asdict(rate),
+                "other_load_pct": round(other.stop(), 1),
+            }
+            self.say(
+                f"  {setup.label:<36} @{FIXED_RATE} rps: p50 {rate.p50_ms:.2f}  "
+                f"p99 {rate.p99_ms:.2f}  p99.9 {rate.p999_ms:.2f} ms "
+                f"({rate.achieved_rps:.0f} rps achieved)"
+            )
+        for _, envoy, _, _ in running:
             self.procs.stop_envoy(envoy)
         self.results["e2e"] = e2e
         self.results["fixed_rate"] = fixed

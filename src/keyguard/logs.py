@@ -4,11 +4,14 @@ The raw API key is never handed to the logger, so redaction does not depend
 on a filter. Tracebacks are rendered without local variables for the same
 reason.
 
-A decision line is logged on every Check, so the hot path only collects the
-event dict (structlog's processors run as usual, minus the final JSON
-rendering). Lines are rendered and written together at most FLUSH_DELAY after
-the first of a batch: one write instead of a system call and an event-loop
-iteration per Check, and rendering in a tight loop instead of between Checks.
+A decision line is logged on every Check, so it skips structlog's processor
+chain: ``decision()`` only appends a tuple, and the line is rendered later as
+the same JSON object structlog would produce (tests/unit/test_logs.py compares
+the two). Every other event goes through structlog as usual, minus the final
+JSON rendering. Lines are rendered and written together at most FLUSH_DELAY
+after the first of a batch: one write instead of a system call and an
+event-loop iteration per Check, and rendering in a tight loop instead of
+between Checks.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import sys
 import time
 from collections.abc import MutableMapping
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, TextIO
 
 import structlog
@@ -53,16 +57,24 @@ class _Iso:
         return f"{self._prefix}.{int((stamp - second) * 1_000_000):06d}Z"
 
 
+# A decision, as logged: (time.time(), request_id, decision, reason, latency_ms,
+# key_id, degraded).
+Decision = tuple[float, str, str, str, float, str, bool]
+
+
 class BatchingLogger:
     """The structlog logger: keeps event dicts and writes them as JSON lines in batches."""
 
     def __init__(self, file: TextIO) -> None:
         self._file = file
-        self._events: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any] | Decision] = []
         self._scheduled = False
         self._iso = _Iso()
 
     def msg(self, **event: Any) -> None:
+        self._append(event)
+
+    def _append(self, event: dict[str, Any] | Decision) -> None:
         self._events.append(event)
         if self._scheduled:
             return
@@ -83,6 +95,9 @@ class BatchingLogger:
         events, self._events = self._events, []
         lines = []
         for event in events:
+            if isinstance(event, tuple):
+                lines.append(self._render_decision(event))
+                continue
             stamp = event.get("timestamp")
             if isinstance(stamp, float):
                 event["timestamp"] = self._iso(stamp)
@@ -90,8 +105,53 @@ class BatchingLogger:
         self._file.write("\n".join(lines) + "\n")
         self._file.flush()
 
+    def _render_decision(self, entry: Decision) -> str:
+        """The line structlog would render for log.info("decision", ...), key for key."""
+        stamp, request_id, decision, reason, latency_ms, key_id, degraded = entry
+        line = (
+            f'{{"request_id": {_quote(request_id)}, "decision": {_quote(decision)}, '
+            f'"reason": {_quote(reason)}, "latency_ms": {latency_ms!r}'
+        )
+        if key_id:
+            line += f', "key_id": {_quote(key_id)}'
+        if degraded:
+            line += ', "degraded": true'
+        return line + f', "event": "decision", "level": "info", "timestamp": "{self._iso(stamp)}"}}'
+
 
 _logger: BatchingLogger | None = None
+_decisions_on = True  # decision lines are at info level
+_fallback = structlog.get_logger("keyguard.decision")
+
+
+def decision(
+    request_id: str,
+    decision: str,
+    reason: str,
+    latency_ms: float,
+    key_id: str = "",
+    degraded: bool = False,
+) -> None:
+    """Log one Check's decision line (the hot path's only log call)."""
+    logger = _logger
+    if logger is not None:
+        if _decisions_on:
+            logger._append(
+                (time.time(), request_id, decision, reason, latency_ms, key_id, degraded)
+            )
+        return
+    # Logging not configured (a library use, some tests): plain structlog.
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "decision": decision,
+        "reason": reason,
+        "latency_ms": latency_ms,
+    }
+    if key_id:
+        fields["key_id"] = key_id
+    if degraded:
+        fields["degraded"] = True
+    _fallback.info("decision", **fields)
 
 
 def _factory(*_args: Any) -> BatchingLogger:
@@ -100,10 +160,11 @@ def _factory(*_args: Any) -> BatchingLogger:
 
 
 def configure(level: str = "info", file: TextIO | None = None) -> None:
-    global _logger
+    global _logger, _decisions_on
     if _logger is not None:
         _logger.flush()
     _logger = BatchingLogger(file or sys.stdout)
+    _decisions_on = _LEVELS[level.lower()] <= logging.INFO
     atexit.register(_logger.flush)
     structlog.configure(
         processors=[
@@ -121,3 +182,14 @@ def configure(level: str = "info", file: TextIO | None = None) -> None:
 def flush() -> None:
     if _logger is not None:
         _logger.flush()
+
+
+def reset() -> None:
+    """Write what is pending and go back to structlog's defaults (for tests)."""
+    global _logger, _decisions_on
+    if _logger is not None:
+        _logger.flush()
+        atexit.unregister(_logger.flush)
+    _logger = None
+    _decisions_on = True
+    structlog.reset_defaults()

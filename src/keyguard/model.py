@@ -15,7 +15,10 @@ from keyguard.policy import ModelLookup
 # Anchored at the end, so "/models/x:y" earlier in a path cannot pick the model.
 _GEMINI_PATH = re.compile(r"/models/([^/:?]+):[A-Za-z]+$")
 _WS = re.compile(r"[ \t\n\r]*")
+_WS_CHARS = " \t\n\r"
 _DECODER = json.JSONDecoder()
+# The C scanner behind raw_decode: (value, end) or StopIteration / JSONDecodeError.
+_SCAN_ONCE = _DECODER.scan_once  # type: ignore[attr-defined]
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
 _BOUNDARY = re.compile(r'boundary="?([^";,]+)"?', re.IGNORECASE)
 # `name=` must start a parameter, so `filename="model"` is not the model field.
@@ -37,27 +40,36 @@ def model_from_json(body: str) -> str:
     prefix) and ModelLookup.AMBIGUOUS when two different top-level "model"
     values appear, since parsers differ on which one wins.
     """
+    # Hot path (every Check of a key with a model list): whitespace is tested
+    # before the regex runs, and values go straight to the C scanner.
     end = len(body)
-    idx = _WS.match(body, 0).end()  # type: ignore[union-attr]
+    ws, skip, scan_key, scan_value = _WS_CHARS, _WS.match, _scanstring, _SCAN_ONCE
+    idx = 0
+    if idx < end and body[idx] in ws:
+        idx = skip(body, idx).end()  # type: ignore[union-attr]
     if idx >= end or body[idx] != "{":
         return ModelLookup.NONE
     idx += 1
     found: str | None = None
     while True:
-        idx = _WS.match(body, idx).end()  # type: ignore[union-attr]
+        if idx < end and body[idx] in ws:
+            idx = skip(body, idx).end()  # type: ignore[union-attr]
         if idx >= end or body[idx] != '"':
             break
         try:
-            key, idx = _scanstring(body, idx + 1, True)
+            key, idx = scan_key(body, idx + 1, True)
         except (ValueError, IndexError):
             break
-        idx = _WS.match(body, idx).end()  # type: ignore[union-attr]
+        if idx < end and body[idx] in ws:
+            idx = skip(body, idx).end()  # type: ignore[union-attr]
         if idx >= end or body[idx] != ":":
             break
-        idx = _WS.match(body, idx + 1).end()  # type: ignore[union-attr]
+        idx += 1
+        if idx < end and body[idx] in ws:
+            idx = skip(body, idx).end()  # type: ignore[union-attr]
         try:
-            value, idx = _DECODER.raw_decode(body, idx)
-        except (ValueError, RecursionError):
+            value, idx = scan_value(body, idx)
+        except (StopIteration, ValueError, RecursionError):
             break
         if key == "model":
             if not isinstance(value, str) or not value or len(value) > MAX_MODEL_LEN:
@@ -65,7 +77,8 @@ def model_from_json(body: str) -> str:
             if found is not None and found != value:
                 return ModelLookup.AMBIGUOUS
             found = value
-        idx = _WS.match(body, idx).end()  # type: ignore[union-attr]
+        if idx < end and body[idx] in ws:
+            idx = skip(body, idx).end()  # type: ignore[union-attr]
         if idx >= end or body[idx] != ",":
             break
         idx += 1

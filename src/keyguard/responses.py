@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from google.protobuf import struct_pb2
@@ -97,7 +98,12 @@ def denial_wire(reason: Reason, anthropic: bool) -> bytes:
 # headers without rebuilding (or even parsing) the message. tests/unit pin this.
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -110,30 +116,56 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
+@functools.cache
+def _key_field(name: str) -> bytes:
+    return _field(1, name.encode())
+
+
+# HeaderValueOption.append_action = 3 (varint): OVERWRITE_IF_EXISTS_OR_ADD
+_APPEND_OVERWRITE = bytes((3 << 3, _OVERWRITE))
+
+
 def _header_option_wire(name: str, value: str) -> bytes:
-    header_value = _field(1, name.encode()) + _field(2, value.encode())
-    # HeaderValueOption.header = 1; append_action = 3 (varint) OVERWRITE_IF_EXISTS_OR_ADD
-    return _field(1, header_value) + bytes((3 << 3, _OVERWRITE))
+    # HeaderValueOption.header = 1 { HeaderValue.key = 1, value = 2 }
+    return _field(1, _key_field(name) + _field(2, value.encode())) + _APPEND_OVERWRITE
 
 
 def rate_limit_suffix(spend: SpendResult) -> bytes:
     """Serialized ``ok_response`` carrying the x-ratelimit-* response headers."""
     if spend.rl_limit <= 0:
         return b""
-    options = b"".join(
-        _field(6, _header_option_wire(name, value)) for name, value in _rate_limit_pairs(spend)
+    limit, remaining, reset = _rate_limit_values(spend)
+    # OkHttpResponse.response_headers_to_add = 6, CheckResponse.ok_response = 3
+    options = (
+        _limit_option_wire(limit)
+        + _field(6, _header_option_wire(_RL_REMAINING, remaining))
+        + _field(6, _header_option_wire(_RL_RESET, reset))
     )
     return _field(3, options)
+
+
+@functools.lru_cache(maxsize=256)
+def _limit_option_wire(limit: str) -> bytes:
+    return _field(6, _header_option_wire(_RL_LIMIT, limit))
+
+
+_RL_LIMIT = "x-ratelimit-limit-requests"
+_RL_REMAINING = "x-ratelimit-remaining-requests"
+_RL_RESET = "x-ratelimit-reset-requests"
+
+
+def _rate_limit_values(spend: SpendResult) -> tuple[str, str, str]:
+    return (
+        str(spend.rl_limit),
+        str(max(spend.rl_remaining, 0)),
+        f"{max(spend.rl_reset_ms, 0) / 1000:.3f}s",
+    )
 
 
 def _rate_limit_pairs(spend: SpendResult) -> list[tuple[str, str]]:
     if spend.rl_limit <= 0:
         return []
-    return [
-        ("x-ratelimit-limit-requests", str(spend.rl_limit)),
-        ("x-ratelimit-remaining-requests", str(max(spend.rl_remaining, 0))),
-        ("x-ratelimit-reset-requests", f"{max(spend.rl_reset_ms, 0) / 1000:.3f}s"),
-    ]
+    return list(zip((_RL_LIMIT, _RL_REMAINING, _RL_RESET), _rate_limit_values(spend), strict=True))
 
 
 def rate_limit_headers(spend: SpendResult) -> list[HeaderValueOption]:

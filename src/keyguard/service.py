@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
-from keyguard import responses
+from keyguard import logs, responses
 from keyguard._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from keyguard.cache import CacheEntry, KeyCache
@@ -95,17 +95,14 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         else:
             m.deny_by_reason[verdict.reason].inc()
             decision = "deny"
-        fields: dict[str, object] = {
-            "request_id": request_id,
-            "decision": decision,
-            "reason": verdict.reason.value,
-            "latency_ms": round(elapsed * 1000, 3),
-        }
-        if verdict.key_id:
-            fields["key_id"] = verdict.key_id
-        if verdict.degraded:
-            fields["degraded"] = True
-        log.info("decision", **fields)
+        logs.decision(
+            request_id,
+            decision,
+            verdict.reason.value,
+            round(elapsed * 1000, 3),
+            verdict.key_id,
+            verdict.degraded,
+        )
 
     def _deny(self, reason: Reason, facts: RequestFacts, key_id: str = "") -> Verdict:
         return Verdict(responses.denial_wire(reason, facts.anthropic), reason, key_id)

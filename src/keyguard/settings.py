@@ -31,6 +31,9 @@ class Settings:
     listen: tuple[str, ...] = ("127.0.0.1:9001",)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout: float = 0.2
+    # Under heavy metered load, hold Redis commands up to this long to send them
+    # in one write (store/pipeline.py); 0 sends every loop iteration's at once.
+    redis_linger_ms: float = 1.0
     redis_tls_ca: str = ""
     redis_tls_cert: str = ""
     redis_tls_key: str = ""
@@ -227,6 +230,11 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"KEYGUARD_EVENT_LOOP={s.event_loop!r}: expected uvloop or asyncio")
     if s.redis_timeout <= 0:
         raise SettingsError("KEYGUARD_REDIS_TIMEOUT must be greater than 0")
+    if s.redis_linger_ms > 50 or s.redis_linger_ms >= s.redis_timeout * 1000:
+        raise SettingsError(
+            f"KEYGUARD_REDIS_LINGER_MS={s.redis_linger_ms:g}: must be at most 50 and below"
+            " KEYGUARD_REDIS_TIMEOUT"
+        )
 
 
 __all__ = ["Settings", "SettingsError", "load"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import ipaddress
 import json
 import os
@@ -40,8 +41,8 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
+from keyguard import logs
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from keyguard.keys import hash_key
 from keyguard.service import AuthorizationService
@@ -377,7 +378,7 @@ class Harness:
     loop: asyncio.AbstractEventLoop
     service: AuthorizationService
     keys: dict[str, FuzzKey]
-    logs: list[dict[str, Any]]
+    log: io.StringIO  # what keyguard's configured logger wrote
     secrets: list[str]
 
     def check(self, request: CheckRequest) -> CheckResponse:
@@ -385,19 +386,25 @@ class Harness:
 
     def verify(self, spec: Spec) -> Outcome:
         expected = expected_outcomes(spec, self.keys)
-        self.logs.clear()
+        self.log.seek(0)
+        self.log.truncate()
         resp = self.check(spec.build())
+        logs.flush()
+        written = self.log.getvalue()
         got = outcome_of(resp, spec.anthropic)
         note(f"expected one of {sorted(expected)}, got {got}")
         assert got in expected, f"got {got}, expected one of {sorted(expected)}"
         # Property 3: no real key or key body in the answer or the logs, and no presented
         # credential in the answer (a log line may carry a request id equal to some text).
         answer = resp.SerializeToString()
-        found = leaks(self.secrets, [answer, repr(self.logs).encode()])
+        found = leaks(self.secrets, [answer, written.encode()])
         presented = [p.strip() for p in spec.presented()]
         shown = [p for p in presented if len(p) >= 32 or (len(p) >= 8 and p.startswith("sk-"))]
         found += leaks(shown, [answer])
         assert not found, f"credential material in the answer or logs: {found[:1]!r}"
+        # Every line is a JSON object, and each Check logged exactly one decision.
+        entries = [json.loads(line) for line in written.splitlines()]
+        assert [e["event"] for e in entries].count("decision") == 1, written
         return got
 
 
@@ -412,8 +419,12 @@ def harness(redis_url: str) -> Iterator[Harness]:
     try:
         service = loop.run_until_complete(manager.__aenter__())
         try:
-            with capture_logs() as logs:
-                yield Harness(loop, service, keys, logs, secrets)
+            log = io.StringIO()
+            logs.configure("debug", log)
+            try:
+                yield Harness(loop, service, keys, log, secrets)
+            finally:
+                logs.reset()
         finally:
             loop.run_until_complete(manager.__aexit__(None, None, None))
     finally:

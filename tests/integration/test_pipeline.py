@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -25,8 +26,102 @@ def own_redis() -> Iterator[RedisServer]:
         yield server
 
 
-def conn(url: str, timeout: float = 0.5) -> PipelinedRedis:
-    return PipelinedRedis(replace(Settings(), redis_url=url, redis_timeout=timeout))
+def conn(url: str, timeout: float = 0.5, linger_ms: float = 1.0) -> PipelinedRedis:
+    settings = replace(Settings(), redis_url=url, redis_timeout=timeout, redis_linger_ms=linger_ms)
+    return PipelinedRedis(settings)
+
+
+class PacedClock:
+    """A clock that says `step` seconds passed between any two commands."""
+
+    def __init__(self, step: float) -> None:
+        self.now = time.perf_counter()  # continues the real clock the connection used
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def count_writes(rc: PipelinedRedis) -> list[int]:
+    """The number of commands in each write `rc` makes from now on."""
+    writes: list[int] = []
+    flush_now = rc.flush_now
+
+    def counting() -> None:
+        if rc._buffer:
+            writes.append(len(rc._buffer))
+        flush_now()
+
+    rc.flush_now = counting  # type: ignore[method-assign]
+    return writes
+
+
+def test_quiet_commands_go_out_in_the_same_iteration(own_redis: RedisServer) -> None:
+    """At 500 commands/s nothing lingers: a command is written two loop turns later."""
+
+    async def scenario() -> None:
+        rc = conn(own_redis.url, linger_ms=50)
+        try:
+            assert await rc.execute("PING") == "PONG"
+            rc._clock = PacedClock(0.002)
+            writes = count_writes(rc)
+            for i in range(20):
+                reply = asyncio.ensure_future(rc.execute("ECHO", f"q{i}"))
+                for _ in range(3):  # the task's step, the flush, this check
+                    await asyncio.sleep(0)
+                assert not rc._buffer, "a quiet command waited for the linger"
+                assert await reply == f"q{i}"
+            assert writes == [1] * 20
+        finally:
+            rc.close()
+
+    run(scenario)
+
+
+def test_busy_commands_share_writes(own_redis: RedisServer) -> None:
+    """Commands arriving one per loop turn, 10,000/s: once the rate is seen, they
+    share writes (each still gets its own reply, in order)."""
+
+    async def scenario() -> None:
+        rc = conn(own_redis.url, linger_ms=50)
+        try:
+            assert await rc.execute("PING") == "PONG"
+            rc._clock = PacedClock(0.0001)
+            writes = count_writes(rc)
+            replies = []
+            for i in range(200):
+                replies.append(asyncio.ensure_future(rc.execute("ECHO", f"b{i}")))
+                await asyncio.sleep(0)
+            assert await asyncio.gather(*replies) == [f"b{i}" for i in range(200)]
+            assert sum(writes) == 200
+            # About 33 commands pass before the moving average of gaps falls under
+            # linger / BUSY_BATCH; after that, one or a few writes carry the rest.
+            # (Without the linger, seen: 66 writes of 1 to 3 commands.)
+            assert len(writes) <= 45, writes
+            assert max(writes) >= 50, writes
+        finally:
+            rc.close()
+
+    run(scenario)
+
+
+def test_linger_zero_never_waits(own_redis: RedisServer) -> None:
+    async def scenario() -> None:
+        rc = conn(own_redis.url, linger_ms=0)
+        try:
+            assert await rc.execute("PING") == "PONG"
+            rc._clock = PacedClock(0.00001)
+            for i in range(50):
+                reply = asyncio.ensure_future(rc.execute("ECHO", f"z{i}"))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                assert not rc._buffer
+                assert await reply == f"z{i}"
+        finally:
+            rc.close()
+
+    run(scenario)
 
 
 def test_many_concurrent_commands_get_their_own_replies(own_redis: RedisServer) -> None:

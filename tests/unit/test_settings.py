@@ -115,6 +115,10 @@ def test_overrides_win_over_env() -> None:
         ("KEYGUARD_GRACE_SECONDS", "-0.5"),
         ("KEYGUARD_REDIS_TIMEOUT", "0"),
         ("KEYGUARD_REDIS_TIMEOUT", "-1"),
+        ("KEYGUARD_REDIS_LINGER_MS", "-1"),
+        ("KEYGUARD_REDIS_LINGER_MS", "51"),
+        ("KEYGUARD_REDIS_LINGER_MS", "200"),  # not below the 0.2 s timeout
+        ("KEYGUARD_REDIS_LINGER_MS", "soon"),
         ("KEYGUARD_LISTEN", "foo"),
         ("KEYGUARD_LISTEN", ""),
         ("KEYGUARD_LISTEN", ","),

@@ -7,6 +7,14 @@ command issued in one event-loop tick in a single write, so concurrent Checks
 share round trips; replies arrive in order and complete their futures
 directly from ``data_received``. It speaks RESP2 with hiredis as the parser.
 
+Linger: grpc.aio hands Checks to the loop one or two per iteration, so
+"one write per iteration" is one write per command, and each write and its
+reply cost about 40 µs of system calls and wake-ups. When commands arrive
+faster than BUSY_BATCH per linger window (an average gap under
+linger / BUSY_BATCH: about 2,000 commands/s for the default 1 ms), a write
+waits up to the linger for the commands behind it; below that rate nothing
+waits. Each command is still one round trip; only its write is shared.
+
 It serves only single-node URLs (redis://, rediss://, unix://); Cluster and
 Sentinel keep using redis-py, which knows their topologies.
 """
@@ -17,6 +25,7 @@ import asyncio
 import collections
 import hashlib
 import ssl
+import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,6 +33,11 @@ import hiredis
 from redis.connection import parse_url
 
 from keyguard.settings import Settings
+
+# Linger only when a window would carry at least this many commands.
+BUSY_BATCH = 2
+# Weight of the newest gap in the moving average of gaps between commands.
+_GAP_WEIGHT = 0.125
 
 
 class ReplyError(Exception):
@@ -67,9 +81,9 @@ class _Protocol(asyncio.Protocol):
                 return
             future, _ = pending.popleft()
             self.owner.written -= 1
-            if not self.owner.written:
+            if not self.owner.written and self.owner._buffer:
                 # The batch on the wire is answered: send what queued up meanwhile.
-                self.owner.flush_now()
+                self.owner.schedule_flush(now=True)
             if future.done():
                 continue
             if isinstance(reply, ReplyError):
@@ -99,6 +113,11 @@ class PipelinedRedis:
                 ctx.load_cert_chain(settings.redis_tls_cert, settings.redis_tls_key or None)
             self.ssl = ctx
         self.timeout = settings.redis_timeout
+        self.linger = settings.redis_linger_ms / 1000
+        self._busy_gap = self.linger / BUSY_BATCH
+        self._gap = 1.0  # moving average of the gap between commands, seconds
+        self._last_send = 0.0
+        self._clock = time.perf_counter  # tests pace commands with a clock of their own
         # Commands in flight: written ones first (``written`` of them), then the
         # ones still in ``_buffer``.
         self.pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
@@ -109,11 +128,14 @@ class PipelinedRedis:
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._scripts: dict[str, str] = {}
+        # The loop of the current connection: asyncio.get_running_loop() costs a
+        # getpid() system call per call on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ----- connection ---------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if self.path:
             connect = loop.create_unix_connection(lambda: _Protocol(self), unquote(self.path))
         else:
@@ -183,19 +205,38 @@ class PipelinedRedis:
     # ----- sending ------------------------------------------------------------------------
 
     def _send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None, "connect first"
         future: asyncio.Future[Any] = loop.create_future()
         self.pending.append((future, loop.time()))
         self._buffer.append(_encode(args))
+        now = self._clock()
+        self._gap += (min(now - self._last_send, 1.0) - self._gap) * _GAP_WEIGHT
+        self._last_send = now
         # Auto-pipelining: with nothing on the wire, write at the end of this
-        # loop iteration (gathering the commands issued in it); with a batch on
-        # the wire, wait for its replies and send everything queued in one write.
-        if not self.written and not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        # loop iteration (gathering the commands issued in it) or, when busy,
+        # after the linger; with a batch on the wire, wait for its replies.
+        if not self.written:
+            self.schedule_flush()
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout, self._check_timeouts)
         return future
+
+    def schedule_flush(self, now: bool = False) -> None:
+        """Write the queued commands soon: at once (``now``) or this iteration, or
+        after the linger when commands are arriving fast."""
+        if self._flush_scheduled:
+            return
+        loop = self._loop
+        assert loop is not None
+        if self.linger and self._gap < self._busy_gap:
+            self._flush_scheduled = True
+            loop.call_later(self.linger, self._flush)
+        elif now:
+            self.flush_now()
+        else:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -218,9 +259,9 @@ class PipelinedRedis:
         # Replies come in order, so only the oldest command can be overdue
         # first; if it is, the connection is stuck and everything fails.
         self._watchdog = None
-        if not self.pending:
+        if not self.pending or self._loop is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         oldest = self.pending[0][1]
         if loop.time() - oldest >= self.timeout:
             self.fail(PipelineConnectionError("timeout"))
