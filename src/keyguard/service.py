@@ -44,6 +44,16 @@ class Verdict:
         return CheckResponse.FromString(self.wire)
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A decision waiting for Redis: a record lookup (``lookup``) or a spend."""
+
+    facts: RequestFacts
+    key_hash: str
+    entry: CacheEntry | None  # the cached entry, if any (stale when lookup is True)
+    lookup: bool
+
+
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(
         self, settings: Settings, store: KeyStore, cache: KeyCache, metrics: Metrics
@@ -74,7 +84,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             facts = extract(request, self.hops)
             request_id = facts.request_id
-            verdict = await self._decide(facts)
+            outcome = self._decide_local(facts)
+            # Only a cache miss or a metered key needs Redis (and a suspension).
+            verdict = (
+                outcome if isinstance(outcome, Verdict) else await self._decide_remote(outcome)
+            )
         except Exception:
             log.exception("check_failed", request_id=request_id)
             verdict = Verdict(
@@ -107,7 +121,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     def _deny(self, reason: Reason, facts: RequestFacts, key_id: str = "") -> Verdict:
         return Verdict(responses.denial_wire(reason, facts.anthropic), reason, key_id)
 
-    async def _decide(self, facts: RequestFacts) -> Verdict:
+    def _decide_local(self, facts: RequestFacts) -> Verdict | _Pending:
+        """Everything decided without I/O: format, cache, static checks, free keys."""
         credential = facts.credential
         if credential is Credential.MISSING:
             return self._deny(Reason.MISSING_API_KEY, facts)
@@ -120,6 +135,26 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             if cache.is_known_unknown(key_hash):
                 self.metrics.cache_hit_negative.inc()
                 return self._deny(Reason.INVALID_API_KEY, facts)
+            return _Pending(facts, key_hash, entry, lookup=True)
+        self.metrics.cache_hit_positive.inc()
+        return self._judge(facts, key_hash, entry)
+
+    def _judge(self, facts: RequestFacts, key_hash: str, entry: CacheEntry) -> Verdict | _Pending:
+        """The decision for a known record: static checks, then free or metered."""
+        record = entry.record
+        reason = decide_static(record, time.time(), facts.client_ip, facts.model)
+        if reason is not None:
+            return self._deny(reason, facts, record.id)
+        if record.metered and (self.cost > 0 or record.rpm > 0):
+            return _Pending(facts, key_hash, entry, lookup=False)
+        if self.cost > 0:
+            self.store.add_usage(key_hash, self.cost)
+        return Verdict(self._allow(entry, "unlimited"), Reason.OK, record.id)
+
+    async def _decide_remote(self, pending: _Pending) -> Verdict:
+        """The rest of a decision that needs Redis: a record lookup, then maybe a spend."""
+        facts, key_hash, entry = pending.facts, pending.key_hash, pending.entry
+        if pending.lookup:
             self.metrics.cache_miss.inc()
             try:
                 looked_up = await self._lookup(key_hash)
@@ -127,22 +162,16 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
                 return self._store_failed(facts, entry)
             if looked_up is None:
                 return self._deny(Reason.INVALID_API_KEY, facts)
+            judged = self._judge(facts, key_hash, looked_up)
+            if isinstance(judged, Verdict):
+                return judged
             entry = looked_up
-        else:
-            self.metrics.cache_hit_positive.inc()
-        record = entry.record
-        reason = decide_static(record, time.time(), facts.client_ip, facts.model)
-        if reason is not None:
-            return self._deny(reason, facts, record.id)
-        if record.metered and (self.cost > 0 or record.rpm > 0):
-            try:
-                spend = await self.store.spend(key_hash, self.cost, record.rpm)
-            except StoreError:
-                return self._store_failed(facts, entry, fresh_record=True)
-            return self._after_spend(facts, entry, spend)
-        if self.cost > 0:
-            self.store.add_usage(key_hash, self.cost)
-        return Verdict(self._allow(entry, "unlimited"), Reason.OK, record.id)
+        assert entry is not None
+        try:
+            spend = await self.store.spend(key_hash, self.cost, entry.record.rpm)
+        except StoreError:
+            return self._store_failed(facts, entry, fresh_record=True)
+        return self._after_spend(facts, entry, spend)
 
     async def _lookup(self, key_hash: str) -> CacheEntry | None:
         """Fetch a record from Redis, with one fetch in flight per key.
