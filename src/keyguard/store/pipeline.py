@@ -188,6 +188,9 @@ class PipelinedRedis:
         protocol, self._protocol = self._protocol, None
         self._buffer.clear()
         self.written = 0
+        # A flush still scheduled finds nothing to send; the next command (maybe
+        # on a new connection) must schedule its own.
+        self._flush_scheduled = False
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abort()
         while self.pending:
