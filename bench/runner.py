@@ -87,7 +87,7 @@ class Plan:
             flood_seconds=50.0,
             flood_max_keys=1_000_000,
             e2e_seconds=3.0,
-            e2e_rounds=3,
+            e2e_rounds=5,
             rate_seconds=10.0,
             rate_warmup=1.0,
             rate_setups=("none", "api_key_auth", "floor", "keyguard_tcp"),
