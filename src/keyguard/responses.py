@@ -130,6 +130,11 @@ def _header_option_wire(name: str, value: str) -> bytes:
     return _field(1, _key_field(name) + _field(2, value.encode())) + _APPEND_OVERWRITE
 
 
+_RL_LIMIT = "x-ratelimit-limit-requests"
+_RL_REMAINING = "x-ratelimit-remaining-requests"
+_RL_RESET = "x-ratelimit-reset-requests"
+
+
 def rate_limit_suffix(spend: SpendResult) -> bytes:
     """Serialized ``ok_response`` carrying the x-ratelimit-* response headers."""
     if spend.rl_limit <= 0:
@@ -147,11 +152,6 @@ def rate_limit_suffix(spend: SpendResult) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _limit_option_wire(limit: str) -> bytes:
     return _field(6, _header_option_wire(_RL_LIMIT, limit))
-
-
-_RL_LIMIT = "x-ratelimit-limit-requests"
-_RL_REMAINING = "x-ratelimit-remaining-requests"
-_RL_RESET = "x-ratelimit-reset-requests"
 
 
 def _rate_limit_values(spend: SpendResult) -> tuple[str, str, str]:
@@ -186,9 +186,9 @@ def allow(
     *,
     billing: str,
     strip_credentials: bool,
-    spend: SpendResult | None = None,
     degraded: bool = False,
 ) -> CheckResponse:
+    """An allow; x-ratelimit-* response headers are appended as rate_limit_suffix()."""
     headers = [
         header("x-keyguard-key-id", record.id),
         header("x-keyguard-key-type", record.type),
@@ -203,11 +203,7 @@ def allow(
     metadata.update({"key_id": record.id, "key_type": record.type, "billing": billing})
     return CheckResponse(
         status=Status(code=0),
-        ok_response=OkHttpResponse(
-            headers=headers,
-            headers_to_remove=remove,
-            response_headers_to_add=rate_limit_headers(spend) if spend else [],
-        ),
+        ok_response=OkHttpResponse(headers=headers, headers_to_remove=remove),
         dynamic_metadata=metadata,
     )
 

@@ -14,7 +14,15 @@ from keyguard.keys import generate_key
 from keyguard.policy import SpendResult
 from keyguard.reasons import OUTCOMES, Reason
 from keyguard.record import TYPE_STANDARD, TYPE_SUBSCRIPTION
-from keyguard.responses import allow, allow_unknown_degraded, denial, error_body, rate_limited
+from keyguard.responses import (
+    allow,
+    allow_unknown_degraded,
+    denial,
+    error_body,
+    rate_limit_headers,
+    rate_limit_suffix,
+    rate_limited,
+)
 from tests.support.records import make_record
 
 OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -340,9 +348,15 @@ def test_allow_headers_never_carry_the_key_or_hash() -> None:
     assert b"sk-" not in data
 
 
+def allow_with_suffix(spend: SpendResult, **record: object) -> CheckResponse:
+    """An allow as the service answers a metered key: cached allow + rate-limit suffix."""
+    base = allow(make_record(**record), billing="quota", strip_credentials=True)
+    return CheckResponse.FromString(base.SerializeToString() + rate_limit_suffix(spend))
+
+
 def test_allow_rate_limit_response_headers() -> None:
     spend = SpendResult("ok", remaining=3, rl_limit=100, rl_remaining=42, rl_reset_ms=600)
-    response = allow(make_record(rpm=100), billing="quota", strip_credentials=True, spend=spend)
+    response = allow_with_suffix(spend, rpm=100)
     headers = header_dict(response.ok_response.response_headers_to_add)
     assert headers == {
         "x-ratelimit-limit-requests": "100",
@@ -353,7 +367,7 @@ def test_allow_rate_limit_response_headers() -> None:
 
 def test_allow_without_rate_limit_adds_no_response_headers() -> None:
     spend = SpendResult("ok", remaining=3)
-    response = allow(make_record(), billing="quota", strip_credentials=True, spend=spend)
+    response = allow_with_suffix(spend)
     assert len(response.ok_response.response_headers_to_add) == 0
     response = allow(make_record(), billing="quota", strip_credentials=True)
     assert len(response.ok_response.response_headers_to_add) == 0
@@ -374,13 +388,12 @@ def test_allow_unknown_degraded(strip: bool) -> None:
 
 def test_rate_limit_suffix_merges_into_a_serialized_allow() -> None:
     """Appending the hand-encoded suffix equals building the message with the headers."""
-    from keyguard.responses import rate_limit_suffix
-
     record = make_record(unlimited=False, rpm=60, remaining=5)
     spend = SpendResult("ok", remaining=5, rl_limit=60, rl_remaining=59, rl_reset_ms=1500)
     base = allow(record, billing="quota", strip_credentials=True)
     merged = CheckResponse.FromString(base.SerializeToString() + rate_limit_suffix(spend))
-    built = allow(record, billing="quota", strip_credentials=True, spend=spend)
+    built = allow(record, billing="quota", strip_credentials=True)
+    built.ok_response.response_headers_to_add.extend(rate_limit_headers(spend))
     assert merged == built
     added = {o.header.key: o.header.value for o in merged.ok_response.response_headers_to_add}
     assert added == {
