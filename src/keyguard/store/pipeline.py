@@ -81,7 +81,7 @@ class _Protocol(asyncio.Protocol):
                 return
             future, _ = pending.popleft()
             self.owner.written -= 1
-            if not self.owner.written and self.owner._buffer:
+            if not self.owner.written:
                 # The batch on the wire is answered: send what queued up meanwhile.
                 self.owner.schedule_flush(now=True)
             if future.done():
@@ -227,8 +227,8 @@ class PipelinedRedis:
 
     def schedule_flush(self, now: bool = False) -> None:
         """Write the queued commands soon: at once (``now``) or this iteration, or
-        after the linger when commands are arriving fast."""
-        if self._flush_scheduled:
+        after the linger when commands are arriving fast. Nothing queued, nothing to do."""
+        if self._flush_scheduled or not self._buffer:
             return
         loop = self._loop
         assert loop is not None
