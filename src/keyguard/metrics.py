@@ -6,9 +6,10 @@ from the fixed reason table and a fixed set of Redis operation names.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from keyguard.reasons import OUTCOMES, Reason
+from keyguard.startup import StartupError
 
 # Fine buckets at the low end: a Check is expected to take well under 1 ms.
 CHECK_BUCKETS = (
@@ -16,6 +17,15 @@ CHECK_BUCKETS = (
     0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
 REDIS_OPS = ("get_record", "spend", "add_usage", "ping")
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
+    """The /metrics endpoint; a port that cannot be had is a StartupError, not a traceback."""
+    try:
+        start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        message = f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+        raise StartupError(message) from None
 
 
 class Metrics:

@@ -11,14 +11,14 @@ from pathlib import Path
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2_grpc
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from keyguard import __version__, logs
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from keyguard.cache import KeyCache
 from keyguard.health import HealthReporter, HealthServicer
 from keyguard.invalidation import InvalidationListener
-from keyguard.metrics import Metrics
+from keyguard.metrics import Metrics, serve_metrics
 from keyguard.service import AuthorizationService
 from keyguard.settings import Settings
 from keyguard.startup import StartupError
@@ -89,15 +89,7 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
     metrics_registry = registry or CollectorRegistry()
     metrics = Metrics(metrics_registry)
     if settings.metrics_port:
-        try:
-            start_http_server(
-                settings.metrics_port, settings.metrics_host, registry=metrics_registry
-            )
-        except OSError as exc:
-            raise StartupError(
-                f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}:"
-                f" {exc.strerror or exc}"
-            ) from None
+        serve_metrics(settings.metrics_host, settings.metrics_port, metrics_registry)
 
     store = make_store(settings, metrics)
     client = store.client

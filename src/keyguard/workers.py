@@ -19,11 +19,11 @@ import tempfile
 import time
 
 import structlog
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, multiprocess
 
 from keyguard import logs
+from keyguard.metrics import serve_metrics
 from keyguard.settings import Settings
-from keyguard.startup import StartupError
 
 log = structlog.get_logger("keyguard.workers")
 WORKER_ENV = "KEYGUARD__WORKER_INDEX"
@@ -75,13 +75,7 @@ def run_workers(settings: Settings) -> int:
         if settings.metrics_port:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
-            try:
-                start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}:"
-                    f" {exc.strerror or exc}"
-                ) from None
+            serve_metrics(settings.metrics_host, settings.metrics_port, registry)
         workers = {i: _spawn(settings, i, multiproc_dir) for i in range(settings.workers)}
         log.info("workers_started", pids=[p.pid for p in workers.values()])
         while not stopping:
