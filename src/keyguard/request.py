@@ -1,8 +1,12 @@
-"""CheckRequest → RequestFacts: the few things a decision needs, read once."""
+"""CheckRequest → RequestFacts: the few things a decision needs, read once and lazily.
+
+A Check for a cached key without an IP or model list needs only the credential
+(and the request id for its log line), so that is all ``extract`` reads up
+front. The client address, path and body are read from the message only when
+a decision asks for them: each protobuf field read builds a Python object.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from keyguard._proto.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
@@ -24,24 +28,64 @@ class Credential:
     MALFORMED = "malformed"  # wrong scheme, duplicated header, or bad format
 
 
-@dataclass(slots=True)
 class RequestFacts:
-    credential: str  # the raw key, or a Credential sentinel; never logged
-    client_ip: str | None
-    path: str
-    request_id: str
-    content_type: str
-    method: str
-    _body: bytes
-    _model: str | None = field(default=None)
+    """What a decision reads from one CheckRequest; fields beyond the key are lazy."""
+
+    __slots__ = (
+        "_hops",
+        "_http",
+        "_model",
+        "_path",
+        "_request",
+        "_xff",
+        "content_type",
+        "credential",
+        "request_id",
+    )
+
+    def __init__(
+        self,
+        request: CheckRequest,
+        http: AttributeContext.HttpRequest,
+        headers: dict[str, list[str]],
+        trusted_hops: int,
+    ) -> None:
+        # The raw key, or a Credential sentinel; never logged.
+        self.credential = _credential(headers)
+        rid = headers.get("x-request-id")
+        self.request_id: str = rid[0] if rid else http.id
+        ctype = headers.get("content-type")
+        self.content_type: str = ctype[0] if ctype else ""
+        self._request = request
+        self._http = http
+        self._xff = headers.get("x-forwarded-for")
+        self._hops = trusted_hops
+        self._path: str | None = None
+        self._model: str | None = None
+
+    @property
+    def path(self) -> str:
+        if self._path is None:
+            self._path = self._http.path.partition("?")[0]
+        return self._path
+
+    @property
+    def method(self) -> str:
+        return self._http.method
 
     @property
     def anthropic(self) -> bool:
         return self.path.endswith("/messages")
 
+    @property
+    def client_ip(self) -> str | None:
+        return _client_ip(self._request, self._xff, self._hops)
+
     def model(self) -> str:
         if self._model is None:
-            self._model = read_model(self.path, self.content_type, self._body, self.method)
+            http = self._http
+            body = http.raw_body or (http.body.encode("utf-8") if http.body else b"")
+            self._model = read_model(self.path, self.content_type, body, http.method)
         return self._model
 
 
@@ -59,7 +103,11 @@ def _collect_headers(http: AttributeContext.HttpRequest) -> dict[str, list[str]]
                 if name not in _WANTED:
                     continue
             value = entry.value or entry.raw_value.decode("utf-8", errors="replace")
-            found.setdefault(name, []).append(value)
+            values = found.get(name)
+            if values is None:
+                found[name] = [value]
+            else:
+                values.append(value)
     else:
         for name, value in http.headers.items():
             lname = name.lower()
@@ -105,20 +153,7 @@ def _client_ip(request: CheckRequest, xff: list[str] | None, trusted_hops: int) 
 
 def extract(request: CheckRequest, trusted_hops: int = 0) -> RequestFacts:
     http = request.attributes.request.http
-    headers = _collect_headers(http)
-    path = http.path.partition("?")[0]
-    body = http.raw_body or (http.body.encode("utf-8") if http.body else b"")
-    rid = headers.get("x-request-id")
-    ctype = headers.get("content-type")
-    return RequestFacts(
-        credential=_credential(headers),
-        client_ip=_client_ip(request, headers.get("x-forwarded-for"), trusted_hops),
-        path=path,
-        request_id=rid[0] if rid else http.id,
-        content_type=ctype[0] if ctype else "",
-        method=http.method,
-        _body=body,
-    )
+    return RequestFacts(request, http, _collect_headers(http), trusted_hops)
 
 
 __all__ = ["Credential", "ModelLookup", "RequestFacts", "extract"]

@@ -21,6 +21,7 @@ from keyguard.keys import hash_key, key_type_of
 from keyguard.metrics import Metrics
 from keyguard.policy import SpendResult, decide_static, interpret_spend
 from keyguard.reasons import Reason
+from keyguard.record import KeyRecord
 from keyguard.request import Credential, RequestFacts, extract
 from keyguard.settings import Settings
 from keyguard.store import KeyStore, StoreError
@@ -52,6 +53,11 @@ class _Pending:
     key_hash: str
     entry: CacheEntry | None  # the cached entry, if any (stale when lookup is True)
     lookup: bool
+
+
+def _client_ip(record: KeyRecord, facts: RequestFacts) -> str | None:
+    """The client address, read from the request only for a key with an IP list."""
+    return facts.client_ip if record.allowed_ips is not None else None
 
 
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
@@ -126,12 +132,16 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         credential = facts.credential
         if credential is Credential.MISSING:
             return self._deny(Reason.MISSING_API_KEY, facts)
-        if credential is Credential.MALFORMED or key_type_of(credential) is None:
+        if credential is Credential.MALFORMED or not credential.isascii():
             return self._deny(Reason.INVALID_API_KEY, facts)
         key_hash = hash_key(credential)
         cache = self.cache
         entry = cache.get(key_hash)
+        # Only a well-formed key is ever looked up, so only such keys are cached:
+        # a fresh entry needs no second format check.
         if entry is None or not cache.is_fresh(entry):
+            if key_type_of(credential) is None:
+                return self._deny(Reason.INVALID_API_KEY, facts)
             if cache.is_known_unknown(key_hash):
                 self.metrics.cache_hit_negative.inc()
                 return self._deny(Reason.INVALID_API_KEY, facts)
@@ -142,7 +152,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     def _judge(self, facts: RequestFacts, key_hash: str, entry: CacheEntry) -> Verdict | _Pending:
         """The decision for a known record: static checks, then free or metered."""
         record = entry.record
-        reason = decide_static(record, time.time(), facts.client_ip, facts.model)
+        reason = decide_static(record, time.time(), _client_ip(record, facts), facts.model)
         if reason is not None:
             return self._deny(reason, facts, record.id)
         if record.metered and (self.cost > 0 or record.rpm > 0):
@@ -244,7 +254,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
                 degraded=True,
             )
         record = entry.record
-        reason = decide_static(record, time.time(), facts.client_ip, facts.model)
+        reason = decide_static(record, time.time(), _client_ip(record, facts), facts.model)
         if reason is not None:
             return self._deny(reason, facts, record.id)
         response = responses.allow(

@@ -272,11 +272,13 @@ def test_content_type_is_passed_to_the_model_reader() -> None:
 
 
 def test_model_is_read_lazily_and_once() -> None:
-    facts = extract(check_request(raw_body=b'{"model":"gpt-4o"}'))
-    assert facts._model is None
-    assert facts.model() == "gpt-4o"
-    facts._body = b'{"model":"changed"}'
-    assert facts.model() == "gpt-4o"
+    request = check_request(raw_body=b'{"model":"gpt-4o"}')
+    facts = extract(request)
+    # Not read yet: a body changed before the first read is the one read.
+    request.attributes.request.http.raw_body = b'{"model":"first"}'
+    assert facts.model() == "first"
+    request.attributes.request.http.raw_body = b'{"model":"changed"}'
+    assert facts.model() == "first"
 
 
 # ----- client IP ------------------------------------------------------------------------------
