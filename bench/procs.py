@@ -23,6 +23,7 @@ import redis
 from bench.payloads import CHECK_PATH
 from bench.system import children
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+from keyguard.metrics import APPLY_DELAY
 from tests.support.envoy import EnvoyProcess, http_get
 from tests.support.procs import REPO, KeyguardServer, RedisServer, free_port, wait_for_port
 
@@ -96,6 +97,10 @@ class Keyguard(KeyguardServer):
                 time.sleep(0.02)
 
     def metrics(self) -> str:
+        if self.workers > 1:
+            # A worker applies its per-Check metric updates up to APPLY_DELAY late (one
+            # process scrapes them from files, so a scrape cannot hurry the others).
+            time.sleep(APPLY_DELAY * 4)
         status, body = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5)
         if status != 200:
             raise RuntimeError(f"{self.name}: /metrics answered {status}")

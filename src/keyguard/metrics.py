@@ -6,7 +6,13 @@ from the fixed reason table and a fixed set of Redis operation names.
 
 from __future__ import annotations
 
+import asyncio
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
 
 from keyguard.reasons import OUTCOMES, Reason
 from keyguard.startup import StartupError
@@ -17,6 +23,8 @@ CHECK_BUCKETS = (
     0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
 REDIS_OPS = ("get_record", "spend", "add_usage", "ping")
+# Per-Check updates wait at most this long (or until a scrape) to be applied.
+APPLY_DELAY = 0.05  # seconds
 
 
 def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
@@ -28,9 +36,54 @@ def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
         raise StartupError(message) from None
 
 
+def _observe_many(histogram: Histogram, values: list[float]) -> None:
+    """Histogram.observe for each value, with one update per bucket touched.
+
+    Uses the histogram's bucket values directly (prometheus_client has no
+    batch observe); tests/unit/test_metrics.py checks the exposition is the
+    same as observing one by one.
+    """
+    bounds = histogram._upper_bounds
+    per_bucket = [0] * len(bounds)
+    for value in values:
+        # observe() counts a value in the first bucket whose bound is >= it.
+        per_bucket[bisect_left(bounds, value)] += 1
+    histogram._sum.inc(sum(values))
+    for bucket, count in zip(histogram._buckets, per_bucket, strict=True):
+        if count:
+            bucket.inc(count)
+
+
+class _ApplyFirst:
+    """Registered before every metric, so each collection sees what is queued."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        self._metrics.apply()
+        return ()
+
+
 class Metrics:
+    """The metrics, with per-Check updates queued and applied in batches.
+
+    A Check only appends to a deque (``count``, ``observe``). The queue is
+    applied on the event loop at most APPLY_DELAY after its first entry, and
+    before every collection (a scrape, or a test reading the registry), from
+    whichever thread collects: deque appends and pops are thread-safe, and the
+    prometheus values take their own locks.
+    """
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._counts: deque[Counter] = deque()
+        self._observations: deque[tuple[Histogram, float]] = deque()
+        self._armed = False
+        registry.register(_ApplyFirst(self))
         self.decisions = Counter(
             "keyguard_decisions",
             "Check decisions by result and reason.",
@@ -84,3 +137,51 @@ class Metrics:
         self.cache_hit_positive = self.cache_hits.labels("positive")
         self.cache_hit_negative = self.cache_hits.labels("negative")
         self.cache_miss = self.cache_misses.labels("positive")
+
+    def count(self, counter: Counter) -> None:
+        """counter.inc(), applied later."""
+        self._counts.append(counter)
+        if not self._armed:
+            self._arm()
+
+    def observe(self, histogram: Histogram, seconds: float) -> None:
+        """histogram.observe(seconds), applied later."""
+        self._observations.append((histogram, seconds))
+        if not self._armed:
+            self._arm()
+
+    def _arm(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a CLI or a test): apply now
+            self.apply()
+            return
+        self._armed = True
+        loop.call_later(APPLY_DELAY, self._tick)
+
+    def _tick(self) -> None:
+        self._armed = False
+        self.apply()
+
+    def apply(self) -> None:
+        """Apply what is queued now; safe from any thread, and concurrently."""
+        counts: dict[Counter, int] = {}
+        pop_counter = self._counts.popleft
+        for _ in range(len(self._counts)):
+            try:
+                counter = pop_counter()
+            except IndexError:  # another thread applied the rest
+                break
+            counts[counter] = counts.get(counter, 0) + 1
+        observed: dict[Histogram, list[float]] = {}
+        pop_observation = self._observations.popleft
+        for _ in range(len(self._observations)):
+            try:
+                histogram, value = pop_observation()
+            except IndexError:
+                break
+            observed.setdefault(histogram, []).append(value)
+        for counter, number in counts.items():
+            counter.inc(number)
+        for histogram, values in observed.items():
+            _observe_many(histogram, values)

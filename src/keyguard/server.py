@@ -141,6 +141,7 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=settings.grace_seconds)
     await server.stop(1.0)
+    metrics.apply()  # what the last Checks queued
     await listener.stop()
     with contextlib.suppress(Exception):
         await store.flush_usage()

@@ -106,19 +106,20 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
 
     def _record(self, verdict: Verdict, request_id: str, elapsed: float) -> None:
         m = self.metrics
-        m.check_duration.observe(elapsed)
-        if verdict.allowed:
-            (m.allow_degraded if verdict.degraded else m.allow_ok).inc()
+        m.observe(m.check_duration, elapsed)
+        reason = verdict.reason
+        if reason is Reason.OK:
+            m.count(m.allow_degraded if verdict.degraded else m.allow_ok)
             if not self.log_allows:
                 return
             decision = "allow"
         else:
-            m.deny_by_reason[verdict.reason].inc()
+            m.count(m.deny_by_reason[reason])
             decision = "deny"
         logs.decision(
             request_id,
             decision,
-            verdict.reason.value,
+            reason.value,
             round(elapsed * 1000, 3),
             verdict.key_id,
             verdict.degraded,
@@ -143,10 +144,10 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             if key_type_of(credential) is None:
                 return self._deny(Reason.INVALID_API_KEY, facts)
             if cache.is_known_unknown(key_hash):
-                self.metrics.cache_hit_negative.inc()
+                self.metrics.count(self.metrics.cache_hit_negative)
                 return self._deny(Reason.INVALID_API_KEY, facts)
             return _Pending(facts, key_hash, entry, lookup=True)
-        self.metrics.cache_hit_positive.inc()
+        self.metrics.count(self.metrics.cache_hit_positive)
         return self._judge(facts, key_hash, entry)
 
     def _judge(self, facts: RequestFacts, key_hash: str, entry: CacheEntry) -> Verdict | _Pending:
@@ -165,7 +166,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         """The rest of a decision that needs Redis: a record lookup, then maybe a spend."""
         facts, key_hash, entry = pending.facts, pending.key_hash, pending.entry
         if pending.lookup:
-            self.metrics.cache_miss.inc()
+            self.metrics.count(self.metrics.cache_miss)
             try:
                 looked_up = await self._lookup(key_hash)
             except StoreError:

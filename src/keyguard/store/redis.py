@@ -48,7 +48,7 @@ class RedisKeyStore:
         except _ERRORS as exc:
             self.metrics.redis_op_errors[op].inc()
             raise StoreError(f"{op}: {type(exc).__name__}") from exc
-        self.metrics.redis_op_duration[op].observe(time.perf_counter() - start)
+        self.metrics.observe(self.metrics.redis_op_duration[op], time.perf_counter() - start)
         return result
 
     async def get_record(self, key_hash: str) -> KeyRecord | None:
@@ -79,7 +79,7 @@ class RedisKeyStore:
             self.metrics.redis_op_errors["spend"].inc()
             raise StoreError(f"spend: {type(exc).__name__}") from exc
         # The hot path's own copy of _timed: one coroutine less per metered Check.
-        self._spend_duration.observe(time.perf_counter() - start)
+        self.metrics.observe(self._spend_duration, time.perf_counter() - start)
         return SpendResult(
             outcome=str(out[0]),
             remaining=int(out[1]),
