@@ -337,7 +337,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 def write(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = results["date"]
+    # A second run the same day gets <date>-2, -3, …: earlier results are never overwritten.
+    stem, number = results["date"], 1
+    while (out_dir / f"{stem}.json").exists():
+        number += 1
+        stem = f"{results['date']}-{number}"
     paths = {
         "json": out_dir / f"{stem}.json",
         "md": out_dir / f"{stem}.md",

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bench import report
 from tests.support.procs import REPO
 
 pytestmark = [
@@ -156,3 +157,16 @@ def test_targets_are_ratios_with_verdicts(quick_run: tuple[dict[str, Any], Path]
         assert isinstance(target["pass"], bool), tid
         assert math.isfinite(target["value"]) and positive(target["limit"]), tid
         assert target["op"] in ("<=", ">=", "<")
+
+
+def test_a_second_run_the_same_day_keeps_the_first(
+    quick_run: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    results, _ = quick_run
+    first = report.write(results, tmp_path)
+    before = first["json"].read_bytes()
+    second = report.write(results, tmp_path)
+    assert first["json"].stem == results["date"]
+    assert {p.stem for p in second.values()} == {results["date"] + "-2"}
+    assert first["json"].read_bytes() == before
+    assert all(p.is_file() for p in second.values())
