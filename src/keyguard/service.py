@@ -37,10 +37,6 @@ class Verdict:
     degraded: bool = False
 
     @property
-    def allowed(self) -> bool:
-        return self.reason is Reason.OK
-
-    @property
     def response(self) -> CheckResponse:
         return CheckResponse.FromString(self.wire)
 
