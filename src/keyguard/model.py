@@ -16,6 +16,7 @@ from keyguard.policy import ModelLookup
 _GEMINI_PATH = re.compile(r"/models/([^/:?]+):[A-Za-z]+$")
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = " \t\n\r"
+_SCALAR_STARTS = frozenset("-0123456789tf")  # a JSON number or boolean
 _DECODER = json.JSONDecoder()
 # The C scanner behind raw_decode: (value, end) or StopIteration / JSONDecodeError.
 _SCAN_ONCE = _DECODER.scan_once  # type: ignore[attr-defined]
@@ -70,6 +71,10 @@ def model_from_json(body: str) -> str:
         try:
             value, idx = scan_value(body, idx)
         except (StopIteration, ValueError, RecursionError):
+            # A cut-off number or boolean is already not a string: a "model" that
+            # starts as one cannot name a model, whatever came before it.
+            if key == "model" and idx < end and body[idx] in _SCALAR_STARTS:
+                return ModelLookup.AMBIGUOUS
             break
         if key == "model":
             if not isinstance(value, str) or not value or len(value) > MAX_MODEL_LEN:

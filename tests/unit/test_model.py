@@ -518,3 +518,13 @@ def test_bodyless_methods_name_no_model(method: str) -> None:
 
 def test_post_without_body_needs_a_model() -> None:
     assert read_model("/v1/chat/completions", "", b"", "POST") == ModelLookup.NONE
+
+
+@pytest.mark.parametrize("cut", ['{"model":"gpt-4o","model":t', '{"model":"gpt-4o","model":fa'])
+def test_a_cut_off_boolean_second_model_is_ambiguous(cut: str) -> None:
+    # Found by the Check fuzzer: the second value is already not a string.
+    assert model_from_json(cut) == ModelLookup.AMBIGUOUS
+
+
+def test_a_cut_off_string_second_model_is_not_seen_yet() -> None:
+    assert model_from_json('{"model":"gpt-4o","model":"gpt-') == "gpt-4o"
