@@ -141,6 +141,21 @@ def decision(
             )
         return
     # Logging not configured (a library use, some tests): plain structlog.
+    _fallback.info(
+        "decision", **decision_fields(request_id, decision, reason, latency_ms, key_id, degraded)
+    )
+
+
+def decision_fields(
+    request_id: str,
+    decision: str,
+    reason: str,
+    latency_ms: float,
+    key_id: str = "",
+    degraded: bool = False,
+) -> dict[str, Any]:
+    """A decision line's fields as structlog receives them (no key id or degraded flag
+    when there is none)."""
     fields: dict[str, Any] = {
         "request_id": request_id,
         "decision": decision,
@@ -151,7 +166,7 @@ def decision(
         fields["key_id"] = key_id
     if degraded:
         fields["degraded"] = True
-    _fallback.info("decision", **fields)
+    return fields
 
 
 def _factory(*_args: Any) -> BatchingLogger:

@@ -35,16 +35,7 @@ def test_decision_line_equals_the_structlog_rendering(
 ) -> None:
     request_id, decision, reason, latency_ms, key_id, degraded = case
     logs.decision(request_id, decision, reason, latency_ms, key_id, degraded)
-    fields: dict[str, object] = {
-        "request_id": request_id,
-        "decision": decision,
-        "reason": reason,
-        "latency_ms": latency_ms,
-    }
-    if key_id:
-        fields["key_id"] = key_id
-    if degraded:
-        fields["degraded"] = True
+    fields = logs.decision_fields(request_id, decision, reason, latency_ms, key_id, degraded)
     structlog.get_logger("keyguard.decision").info("decision", **fields)
     logs.flush()
     fast, slow = written.getvalue().splitlines()
