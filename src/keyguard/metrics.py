@@ -10,6 +10,7 @@ import asyncio
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics_core import Metric
@@ -25,6 +26,7 @@ CHECK_BUCKETS = (
 REDIS_OPS = ("get_record", "spend", "add_usage", "ping")
 # Per-Check updates wait at most this long (or until a scrape) to be applied.
 APPLY_DELAY = 0.05  # seconds
+_T = TypeVar("_T")
 
 
 def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
@@ -52,6 +54,17 @@ def _observe_many(histogram: Histogram, values: list[float]) -> None:
     for bucket, count in zip(histogram._buckets, per_bucket, strict=True):
         if count:
             bucket.inc(count)
+
+
+def _drain(queue: deque[_T]) -> list[_T]:
+    """What the queue holds now, taken out; another thread may be draining it too."""
+    taken: list[_T] = []
+    for _ in range(len(queue)):
+        try:
+            taken.append(queue.popleft())
+        except IndexError:  # the other thread took the rest
+            break
+    return taken
 
 
 class _ApplyFirst:
@@ -166,20 +179,10 @@ class Metrics:
     def apply(self) -> None:
         """Apply what is queued now; safe from any thread, and concurrently."""
         counts: dict[Counter, int] = {}
-        pop_counter = self._counts.popleft
-        for _ in range(len(self._counts)):
-            try:
-                counter = pop_counter()
-            except IndexError:  # another thread applied the rest
-                break
+        for counter in _drain(self._counts):
             counts[counter] = counts.get(counter, 0) + 1
         observed: dict[Histogram, list[float]] = {}
-        pop_observation = self._observations.popleft
-        for _ in range(len(self._observations)):
-            try:
-                histogram, value = pop_observation()
-            except IndexError:
-                break
+        for histogram, value in _drain(self._observations):
             observed.setdefault(histogram, []).append(value)
         for counter, number in counts.items():
             counter.inc(number)
