@@ -140,6 +140,19 @@ def _deny_reason(resp: CheckResponse) -> str:
     return ""
 
 
+def _rounds_row(
+    done: list[dict[str, Any]], medians: tuple[str, ...], sums: tuple[str, ...]
+) -> dict[str, Any]:
+    """One setup's rounds as one row: medians of the figures, totals of the counts."""
+    row: dict[str, Any] = {"rounds": len(done)}
+    for key in medians:
+        row[key] = round(statistics.median(r[key] for r in done), 3)
+    for key in sums:
+        row[key] = sum(r[key] for r in done)
+    row["seconds"] = round(sum(r["seconds"] for r in done), 2)
+    return row
+
+
 class Run:
     def __init__(self, plan: Plan, progress: Progress) -> None:
         self.plan = plan
@@ -703,13 +716,15 @@ class Run:
         e2e: dict[str, Any] = {}
         for setup, _, _, verified in running:
             done = rounds[setup.name]
-            row: dict[str, Any] = {"label": setup.label, "rounds": len(done)}
-            for key in ("rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms"):
-                row[key] = round(statistics.median(r[key] for r in done), 3)
+            row: dict[str, Any] = {
+                "label": setup.label,
+                **_rounds_row(
+                    done,
+                    medians=("rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms"),
+                    sums=("requests", "non_2xx", "socket_errors"),
+                ),
+            }
             row["rps_runs"] = [round(r["rps"], 1) for r in done]
-            for key in ("requests", "non_2xx", "socket_errors"):
-                row[key] = sum(r[key] for r in done)
-            row["seconds"] = round(sum(r["seconds"] for r in done), 2)
             for key in ("envoy_cpu_us_per_request", "authz_cpu_us_per_request"):
                 values = [r[key] for r in done if r[key] is not None]
                 row[key] = round(statistics.median(values), 1) if values else None
@@ -757,12 +772,15 @@ class Run:
             done = rate_runs.get(setup.name)
             if not done:
                 continue
-            row = {"label": setup.label, **done[-1], "rounds": len(done)}
-            for key in ("achieved_rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"):
-                row[key] = round(statistics.median(r[key] for r in done), 3)
-            for key in ("sent", "measured", "non_200", "failed"):
-                row[key] = sum(r[key] for r in done)
-            row["seconds"] = round(sum(r["seconds"] for r in done), 2)
+            row = {
+                "label": setup.label,
+                **done[-1],
+                **_rounds_row(
+                    done,
+                    medians=("achieved_rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"),
+                    sums=("sent", "measured", "non_200", "failed"),
+                ),
+            }
             row["p99_ms_runs"] = [r["p99_ms"] for r in done]
             row["other_load_pct"] = round(max(r["other_load_pct"] for r in done), 1)
             fixed[setup.name] = row
