@@ -10,7 +10,16 @@ from __future__ import annotations
 import json
 import re
 
-from keyguard.policy import ModelLookup
+
+class ModelLookup:
+    """Sentinel answers of a model reader besides a model name."""
+
+    NONE = "\x00none"
+    AMBIGUOUS = "\x00ambiguous"
+    # A request that cannot name a model (GET /v1/models, GET /v1/files/…):
+    # there is nothing to restrict, so a model list does not apply to it.
+    NOT_APPLICABLE = "\x00n/a"
+
 
 # Anchored at the end, so "/models/x:y" earlier in a path cannot pick the model.
 _GEMINI_PATH = re.compile(r"/models/([^/:?]+):[A-Za-z]+$")

@@ -1,28 +1,22 @@
 """The decision rules, as pure functions of plain data and ``now``.
 
-No I/O happens here. The metered part of a decision (quota, subscription
-cycle, rate limit) must be atomic across replicas, so it runs as one Lua script
-in the store; ``interpret_spend`` turns that script's answer into a reason.
+No I/O happens here. ``judge`` holds the rules that need only the record; the
+metered part of a decision (quota, subscription cycle, rate limit) must be atomic
+across replicas, so it runs as one Lua script in the store, and ``interpret_spend``
+turns that script's answer into a reason. ``on_store_error`` is the outage fallback
+(KEYGUARD_ON_STORE_ERROR, KEYGUARD_STALE_SECONDS).
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from keyguard.model import ModelLookup
 from keyguard.reasons import Reason
 from keyguard.record import STATUS_ACTIVE, KeyRecord
-
-
-class ModelLookup:
-    """Sentinel answers of a model reader besides a model name."""
-
-    NONE = "\x00none"
-    AMBIGUOUS = "\x00ambiguous"
-    # A request that cannot name a model (GET /v1/models, GET /v1/files/…):
-    # there is nothing to restrict, so a model list does not apply to it.
-    NOT_APPLICABLE = "\x00n/a"
 
 
 def client_ip_allowed(record: KeyRecord, client_ip: str | None) -> bool:
@@ -39,7 +33,7 @@ def client_ip_allowed(record: KeyRecord, client_ip: str | None) -> bool:
     return any(addr.version == net.version and addr in net for net in record.allowed_ips)
 
 
-def decide_static(
+def judge(
     record: KeyRecord,
     now: float,
     client_ip: str | None,
@@ -97,30 +91,35 @@ def interpret_spend(result: SpendResult) -> Reason:
     return _SPEND_REASONS.get(result.outcome, Reason.INTERNAL_ERROR)
 
 
-def next_cycle_end(cycle_end: float, cycle_seconds: int, now: float) -> float:
-    """The first cycle boundary after ``now``, stepping whole cycles from ``cycle_end``.
+class StoreErrorMode(enum.StrEnum):
+    """KEYGUARD_ON_STORE_ERROR: what a Check answers while the store cannot."""
 
-    Mirrors the reset in the spend script, for the CLI and for tests.
+    DENY = "deny"  # 503 for every request that needs the store
+    ALLOW = "allow"  # allow, on the cached record if any (judged), else as an unknown key
+    CACHED = "cached"  # allow on a cached record at most stale_seconds old (judged)
+
+
+class Fallback(enum.Enum):
+    """What to do with a request whose store call failed."""
+
+    UNAVAILABLE = "unavailable"  # deny: 503 store_unavailable
+    ALLOW_UNKNOWN = "allow_unknown"  # allow without a record, marked degraded
+    USE_RECORD = "use_record"  # judge the record at hand; allow degraded if it passes
+
+
+def on_store_error(
+    mode: StoreErrorMode, record_age: float | None, stale_seconds: float, record_fresh: bool
+) -> Fallback:
+    """The outage fallback for a request whose store call failed.
+
+    ``record_age`` is the age in seconds of the record at hand (None: there is none);
+    ``record_fresh`` says it is fresh (read on this request, or within the cache TTL),
+    so that only the spend failed.
     """
-    if cycle_seconds <= 0 or now < cycle_end:
-        return cycle_end
-    skipped = int((now - cycle_end) // cycle_seconds) + 1
-    return cycle_end + skipped * cycle_seconds
-
-
-def parse_duration(text: str) -> int:
-    """Parse "30d", "1h", "15m", "5s" or "90" (seconds) into seconds (> 0)."""
-    text = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    if not text:
-        raise ValueError("empty duration")
-    if text[-1] in units:
-        number, unit = text[:-1], units[text[-1]]
-    else:
-        number, unit = text, 1
-    if not (number.isascii() and number.isdigit()):
-        raise ValueError(f"bad duration {text!r}: use a number with s, m, h, d or w")
-    seconds = int(number) * unit
-    if seconds <= 0:
-        raise ValueError("duration must be positive")
-    return seconds
+    if mode is StoreErrorMode.DENY:
+        return Fallback.UNAVAILABLE
+    if record_age is None:
+        return Fallback.ALLOW_UNKNOWN if mode is StoreErrorMode.ALLOW else Fallback.UNAVAILABLE
+    if mode is StoreErrorMode.ALLOW or record_fresh or record_age <= stale_seconds:
+        return Fallback.USE_RECORD
+    return Fallback.UNAVAILABLE

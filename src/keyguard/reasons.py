@@ -9,8 +9,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-import grpc
-
 
 class Reason(enum.StrEnum):
     OK = "ok"
@@ -27,10 +25,23 @@ class Reason(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+class GrpcCode(enum.IntEnum):
+    """The google.rpc codes keyguard answers with (grpc.StatusCode's numbers), kept
+    here so that the decision core imports without grpc."""
+
+    OK = 0
+    INVALID_ARGUMENT = 3
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     http_status: int
-    grpc_code: grpc.StatusCode
+    grpc_code: GrpcCode
     openai_type: str
     anthropic_type: str
     message: str
@@ -41,36 +52,34 @@ _AUTH = ("invalid_request_error", "authentication_error")
 OUTCOMES: dict[Reason, Outcome] = {
     Reason.MISSING_API_KEY: Outcome(
         401,
-        grpc.StatusCode.UNAUTHENTICATED,
+        GrpcCode.UNAUTHENTICATED,
         *_AUTH,
         "No API key provided. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
     ),
     Reason.INVALID_API_KEY: Outcome(
-        401, grpc.StatusCode.UNAUTHENTICATED, *_AUTH, "Incorrect or malformed API key provided."
+        401, GrpcCode.UNAUTHENTICATED, *_AUTH, "Incorrect or malformed API key provided."
     ),
     Reason.KEY_DISABLED: Outcome(
-        401, grpc.StatusCode.UNAUTHENTICATED, *_AUTH, "This API key has been disabled."
+        401, GrpcCode.UNAUTHENTICATED, *_AUTH, "This API key has been disabled."
     ),
-    Reason.KEY_EXPIRED: Outcome(
-        401, grpc.StatusCode.UNAUTHENTICATED, *_AUTH, "This API key has expired."
-    ),
+    Reason.KEY_EXPIRED: Outcome(401, GrpcCode.UNAUTHENTICATED, *_AUTH, "This API key has expired."),
     Reason.IP_NOT_ALLOWED: Outcome(
         403,
-        grpc.StatusCode.PERMISSION_DENIED,
+        GrpcCode.PERMISSION_DENIED,
         "permission_error",
         "permission_error",
         "This API key may not be used from your IP address.",
     ),
     Reason.MODEL_NOT_ALLOWED: Outcome(
         403,
-        grpc.StatusCode.PERMISSION_DENIED,
+        GrpcCode.PERMISSION_DENIED,
         "permission_error",
         "permission_error",
         "This API key may not use the requested model.",
     ),
     Reason.MODEL_REQUIRED: Outcome(
         400,
-        grpc.StatusCode.INVALID_ARGUMENT,
+        GrpcCode.INVALID_ARGUMENT,
         "invalid_request_error",
         "invalid_request_error",
         "This API key is limited to certain models, and no single model could be read from"
@@ -78,28 +87,28 @@ OUTCOMES: dict[Reason, Outcome] = {
     ),
     Reason.INSUFFICIENT_QUOTA: Outcome(
         402,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        GrpcCode.RESOURCE_EXHAUSTED,
         "insufficient_quota",
         "billing_error",
         "You have used up the quota of this API key.",
     ),
     Reason.RATE_LIMIT_EXCEEDED: Outcome(
         429,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        GrpcCode.RESOURCE_EXHAUSTED,
         "requests",
         "rate_limit_error",
         "Rate limit reached for requests on this API key. Retry after the time in Retry-After.",
     ),
     Reason.STORE_UNAVAILABLE: Outcome(
         503,
-        grpc.StatusCode.UNAVAILABLE,
+        GrpcCode.UNAVAILABLE,
         "server_error",
         "api_error",
         "The API key store is unavailable. Please retry shortly.",
     ),
     Reason.INTERNAL_ERROR: Outcome(
         500,
-        grpc.StatusCode.INTERNAL,
+        GrpcCode.INTERNAL,
         "server_error",
         "api_error",
         "The authorization service failed to process the request.",

@@ -1,4 +1,6 @@
-"""The key record: what a key allows, as stored in Redis and held in the cache."""
+"""The key record schema: what a key allows, as stored in Redis (a hash of string
+fields at ``kg:{H}:rec``) and held in the cache. ``record_from_hash`` reads it;
+``new_record_fields`` writes a new one; ``store/scripts/*.lua`` change counters in place."""
 
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ class KeyRecord:
     cycle_quota: int
     cycle_seconds: int
     cycle_end: float | None
+    payg_used: int = 0
+    cycle_used: int = 0
+    # The model list in the order it was given, for people; ``models`` is for lookups.
+    model_names: tuple[str, ...] = ()
 
     @property
     def metered(self) -> bool:
@@ -63,6 +69,7 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
 def record_from_hash(key_hash: str, raw: dict[str, str]) -> KeyRecord:
     """Build a record from the Redis hash fields (all strings)."""
     models = raw.get("models", "")
+    names = tuple(models.split(",")) if models else ()
     ips = raw.get("allowed_ips", "")
     return KeyRecord(
         key_hash=key_hash,
@@ -72,7 +79,7 @@ def record_from_hash(key_hash: str, raw: dict[str, str]) -> KeyRecord:
         status=raw.get("status", STATUS_DISABLED),
         created_at=float(raw.get("created_at") or 0),
         expires_at=_float_or_none(raw, "expires_at"),
-        models=frozenset(models.split(",")) if models else None,
+        models=frozenset(names) if models else None,
         allowed_ips=parse_networks(ips) if ips else None,
         unlimited=raw.get("unlimited") == "1",
         payg=raw.get("payg") == "1",
@@ -82,4 +89,30 @@ def record_from_hash(key_hash: str, raw: dict[str, str]) -> KeyRecord:
         cycle_quota=_int(raw, "cycle_quota"),
         cycle_seconds=_int(raw, "cycle_seconds"),
         cycle_end=_float_or_none(raw, "cycle_end"),
+        payg_used=_int(raw, "payg_used"),
+        cycle_used=_int(raw, "cycle_used"),
+        model_names=names,
     )
+
+
+def new_record_fields(key_id: str, key_type: str, now: int) -> dict[str, str]:
+    """Every field of a new record, at its default; a creation overrides some."""
+    fields = {
+        "id": key_id,
+        "name": "",
+        "type": key_type,
+        "status": STATUS_ACTIVE,
+        "created_at": str(now),
+        "expires_at": "",
+        "models": "",
+        "allowed_ips": "",
+        "unlimited": "1" if key_type == TYPE_STANDARD else "0",
+        "remaining": "0",
+        "used": "0",
+        "payg": "0",
+        "payg_used": "0",
+        "rpm": "0",
+    }
+    if key_type == TYPE_SUBSCRIPTION:
+        fields["cycle_used"] = "0"
+    return fields

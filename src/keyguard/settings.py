@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from keyguard.errors import SettingsError
+
 STORE_ERROR_MODES = ("deny", "allow", "cached")
 REDIS_SCHEMES = (
     "redis",
@@ -20,10 +22,6 @@ REDIS_SCHEMES = (
     "redis+cluster",
     "rediss+cluster",
 )
-
-
-class SettingsError(ValueError):
-    """A setting has a bad value; the message names it and says what is expected."""
 
 
 @dataclass(frozen=True, slots=True)

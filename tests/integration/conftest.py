@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from keyguard.cache import KeyCache
-from keyguard.metrics import Metrics
-from keyguard.service import AuthorizationService
+from keyguard.authz.cache import KeyCache
+from keyguard.authz.service import AuthorizationService
+from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
 from keyguard.store.redis import make_store
 

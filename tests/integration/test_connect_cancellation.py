@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from keyguard.health import HealthReporter
-from keyguard.metrics import Metrics
+from keyguard.runtime.health import HealthReporter
+from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
 from keyguard.store.pipeline import PipelinedRedis
 from tests.integration.conftest import run

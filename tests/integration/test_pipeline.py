@@ -12,8 +12,10 @@ from dataclasses import replace
 import pytest
 import redis
 
+from keyguard.errors import ConnectionFailed as PipelineConnectionError
+from keyguard.errors import ReplyError
 from keyguard.settings import Settings
-from keyguard.store.pipeline import PipelineConnectionError, PipelinedRedis, ReplyError
+from keyguard.store.pipeline import PipelinedRedis
 from tests.integration.conftest import run
 from tests.support.procs import RedisServer, running_redis
 

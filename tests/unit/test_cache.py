@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from keyguard.cache import KeyCache
+from keyguard.authz.cache import KeyCache
 from keyguard.record import KeyRecord
 from tests.support.records import BASE
 

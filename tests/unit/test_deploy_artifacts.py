@@ -622,7 +622,7 @@ def test_dashboard_is_well_formed() -> None:
 def _exported_series_names() -> set[str]:
     from prometheus_client import CollectorRegistry
 
-    from keyguard.metrics import Metrics
+    from keyguard.runtime.metrics import Metrics
 
     registry = CollectorRegistry()
     Metrics(registry)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from keyguard import logs
+from keyguard.runtime import logs
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from keyguard.metrics import APPLY_DELAY, CHECK_BUCKETS, Metrics, _observe_many
+from keyguard.runtime.metrics import APPLY_DELAY, CHECK_BUCKETS, Metrics, _observe_many
 
 # Values on, just under and just over every bound, plus zero and past the last one.
 edges = [b * f for b in CHECK_BUCKETS for f in (1.0, 0.999999, 1.000001)]

@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from keyguard.model import (
     MAX_MODEL_LEN,
+    ModelLookup,
     model_from_json,
     model_from_multipart,
     model_from_path,
     read_model,
 )
-from keyguard.policy import ModelLookup
 
 JSON = "application/json"
 CHAT = "/v1/chat/completions"

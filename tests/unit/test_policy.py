@@ -7,14 +7,12 @@ from typing import Any
 
 import pytest
 
+from keyguard.model import ModelLookup
 from keyguard.policy import (
-    ModelLookup,
     SpendResult,
     client_ip_allowed,
-    decide_static,
     interpret_spend,
-    next_cycle_end,
-    parse_duration,
+    judge,
 )
 from keyguard.reasons import Reason
 from keyguard.record import (
@@ -56,11 +54,11 @@ def must_not_read_model() -> str:
     pytest.fail("read_model was called for a key without a model list")
 
 
-# ----- decide_static: order -----------------------------------------------------------------
+# ----- judge: order -----------------------------------------------------------------
 
 
 def test_active_key_without_limits_is_allowed() -> None:
-    assert decide_static(make_record(), NOW, "10.0.0.1", must_not_read_model) is None
+    assert judge(make_record(), NOW, "10.0.0.1", must_not_read_model) is None
 
 
 def test_everything_wrong_gives_disabled_first() -> None:
@@ -70,29 +68,29 @@ def test_everything_wrong_gives_disabled_first() -> None:
         allowed_ips="192.168.0.0/16",
         models={"gpt-4o"},
     )
-    assert decide_static(record, NOW, "10.0.0.1", must_not_read_model) is Reason.KEY_DISABLED
+    assert judge(record, NOW, "10.0.0.1", must_not_read_model) is Reason.KEY_DISABLED
 
 
 @pytest.mark.parametrize("status", [STATUS_DISABLED, "revoked", "", "ACTIVE", "unknown"])
 def test_any_status_but_active_is_disabled(status: str) -> None:
     record = make_record(status=status)
-    assert decide_static(record, NOW, None, must_not_read_model) is Reason.KEY_DISABLED
+    assert judge(record, NOW, None, must_not_read_model) is Reason.KEY_DISABLED
 
 
 def test_expired_beats_ip_and_model() -> None:
     record = make_record(expires_at=NOW - 1, allowed_ips="192.168.0.0/16", models={"gpt-4o"})
-    assert decide_static(record, NOW, "10.0.0.1", must_not_read_model) is Reason.KEY_EXPIRED
+    assert judge(record, NOW, "10.0.0.1", must_not_read_model) is Reason.KEY_EXPIRED
 
 
 def test_ip_beats_model_and_model_is_not_read() -> None:
     record = make_record(allowed_ips="192.168.0.0/16", models={"gpt-4o"})
-    assert decide_static(record, NOW, "10.0.0.1", must_not_read_model) is Reason.IP_NOT_ALLOWED
+    assert judge(record, NOW, "10.0.0.1", must_not_read_model) is Reason.IP_NOT_ALLOWED
 
 
 def test_model_checked_after_ip_passes() -> None:
     record = make_record(allowed_ips="10.0.0.0/8", models={"gpt-4o"})
-    assert decide_static(record, NOW, "10.0.0.1", model_is("o1")) is Reason.MODEL_NOT_ALLOWED
-    assert decide_static(record, NOW, "10.0.0.1", model_is("gpt-4o")) is None
+    assert judge(record, NOW, "10.0.0.1", model_is("o1")) is Reason.MODEL_NOT_ALLOWED
+    assert judge(record, NOW, "10.0.0.1", model_is("gpt-4o")) is None
 
 
 # ----- expiry -------------------------------------------------------------------------------
@@ -110,12 +108,12 @@ def test_model_checked_after_ip_passes() -> None:
 )
 def test_expiry_boundary(now: float, expected: Reason | None) -> None:
     record = make_record(expires_at=NOW)
-    assert decide_static(record, now, None, must_not_read_model) is expected
+    assert judge(record, now, None, must_not_read_model) is expected
 
 
 def test_no_expiry_never_expires() -> None:
     record = make_record(expires_at=None)
-    assert decide_static(record, 1e12, None, must_not_read_model) is None
+    assert judge(record, 1e12, None, must_not_read_model) is None
 
 
 # ----- IP allow-list --------------------------------------------------------------------------
@@ -158,7 +156,7 @@ def test_ip_allow_list(allowed: str, client: str, ok: bool) -> None:
     record = make_record(allowed_ips=allowed)
     assert client_ip_allowed(record, client) is ok
     expected = None if ok else Reason.IP_NOT_ALLOWED
-    assert decide_static(record, NOW, client, must_not_read_model) is expected
+    assert judge(record, NOW, client, must_not_read_model) is expected
 
 
 @pytest.mark.parametrize(
@@ -181,21 +179,21 @@ def test_ip_allow_list(allowed: str, client: str, ok: bool) -> None:
 def test_bad_or_missing_client_ip_is_refused_when_a_list_exists(client: str | None) -> None:
     record = make_record(allowed_ips="0.0.0.0/0,::/0")
     assert client_ip_allowed(record, client) is False
-    assert decide_static(record, NOW, client, must_not_read_model) is Reason.IP_NOT_ALLOWED
+    assert judge(record, NOW, client, must_not_read_model) is Reason.IP_NOT_ALLOWED
 
 
 @pytest.mark.parametrize("client", [None, "", "garbage", "10.0.0.1", "2001:db8::1"])
 def test_any_client_ip_is_allowed_without_a_list(client: str | None) -> None:
     record = make_record(allowed_ips=None)
     assert client_ip_allowed(record, client) is True
-    assert decide_static(record, NOW, client, must_not_read_model) is None
+    assert judge(record, NOW, client, must_not_read_model) is None
 
 
 # ----- model allow-list -----------------------------------------------------------------------
 
 
 def test_read_model_is_not_called_without_a_model_list() -> None:
-    assert decide_static(make_record(models=None), NOW, None, must_not_read_model) is None
+    assert judge(make_record(models=None), NOW, None, must_not_read_model) is None
 
 
 def test_read_model_is_called_once_with_a_model_list() -> None:
@@ -205,7 +203,7 @@ def test_read_model_is_called_once_with_a_model_list() -> None:
         calls.append(1)
         return "gpt-4o"
 
-    assert decide_static(make_record(models={"gpt-4o"}), NOW, None, reader) is None
+    assert judge(make_record(models={"gpt-4o"}), NOW, None, reader) is None
     assert calls == [1]
 
 
@@ -224,13 +222,13 @@ def test_read_model_is_called_once_with_a_model_list() -> None:
 )
 def test_model_list(requested: str, expected: Reason | None) -> None:
     record = make_record(models={"gpt-4o", "claude-3-5-haiku"})
-    assert decide_static(record, NOW, None, model_is(requested)) is expected
+    assert judge(record, NOW, None, model_is(requested)) is expected
 
 
 def test_empty_model_list_allows_nothing() -> None:
     record = make_record(models=set())
-    assert decide_static(record, NOW, None, model_is("gpt-4o")) is Reason.MODEL_NOT_ALLOWED
-    assert decide_static(record, NOW, None, model_is(ModelLookup.NONE)) is Reason.MODEL_REQUIRED
+    assert judge(record, NOW, None, model_is("gpt-4o")) is Reason.MODEL_NOT_ALLOWED
+    assert judge(record, NOW, None, model_is(ModelLookup.NONE)) is Reason.MODEL_REQUIRED
 
 
 def test_model_lookup_sentinels_are_distinct_and_not_plausible_models() -> None:
@@ -265,93 +263,3 @@ def test_spend_result_defaults() -> None:
     result = SpendResult("ok")
     assert (result.remaining, result.rl_limit, result.rl_remaining) == (-1, 0, 0)
     assert (result.rl_reset_ms, result.retry_after_ms) == (0, 0)
-
-
-# ----- next_cycle_end -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("cycle_end", "seconds", "now", "expected"),
-    [
-        (1000.0, 100, 999.0, 1000.0),  # before the boundary: unchanged
-        (1000.0, 100, 999.999, 1000.0),
-        (1000.0, 100, 1000.0, 1100.0),  # at the boundary: the next cycle has begun
-        (1000.0, 100, 1000.5, 1100.0),
-        (1000.0, 100, 1099.999, 1100.0),
-        (1000.0, 100, 1100.0, 1200.0),
-        (1000.0, 100, 1250.0, 1300.0),  # two cycles skipped
-        (1000.0, 100, 1000.0 + 100 * 57 + 3, 1000.0 + 100 * 58),
-        (1000.0, 30 * 86400, 1000.0 + 30 * 86400 * 12, 1000.0 + 30 * 86400 * 13),
-        (1000.0, 5, 1000.0 + 5 * 1_000_000, 1000.0 + 5 * 1_000_001),
-        (1000.0, 0, 5000.0, 1000.0),  # no cycle length: nothing to step
-        (1000.0, -5, 5000.0, 1000.0),
-    ],
-)
-def test_next_cycle_end(cycle_end: float, seconds: int, now: float, expected: float) -> None:
-    assert next_cycle_end(cycle_end, seconds, now) == expected
-
-
-@pytest.mark.parametrize("now", [1000.0, 1001.0, 1234.5, 5000.0, 99_999.9])
-def test_next_cycle_end_is_the_first_boundary_after_now(now: float) -> None:
-    end = next_cycle_end(1000.0, 60, now)
-    assert end > now
-    assert end - 60 <= now
-    assert (end - 1000.0) % 60 == 0
-
-
-# ----- parse_duration -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("30d", 30 * 86400),
-        ("1d", 86400),
-        ("1h", 3600),
-        ("24h", 86400),
-        ("15m", 900),
-        ("5s", 5),
-        ("1s", 1),
-        ("90", 90),
-        ("1", 1),
-        ("2w", 14 * 86400),
-        ("5S", 5),
-        ("1H", 3600),
-        (" 30d ", 30 * 86400),
-        ("007s", 7),
-    ],
-)
-def test_parse_duration(text: str, seconds: int) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        " ",
-        "x",
-        "s",
-        "d",
-        "-5s",
-        "-5",
-        "+5s",
-        "0",
-        "0s",
-        "0d",
-        "1.5h",
-        "1,5h",
-        "1e3",
-        "5 s",
-        "5ss",
-        "5sec",
-        "5y",
-        "h5",
-        "5h30m",
-        "\u0661\u0662s",  # Arabic-Indic digits are str.isdigit() but not a duration
-        "²s",
-    ],
-)
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_duration(text)

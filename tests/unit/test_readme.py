@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from keyguard.metrics import Metrics
 from keyguard.reasons import OUTCOMES
+from keyguard.runtime.metrics import Metrics
 from keyguard.settings import ENV_NAMES
 from tests.support.procs import REPO
 

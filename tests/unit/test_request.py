@@ -10,8 +10,8 @@ from keyguard._proto.envoy.config.core.v3.address_pb2 import Address, SocketAddr
 from keyguard._proto.envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from keyguard._proto.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
-from keyguard.policy import ModelLookup
-from keyguard.request import Credential, extract
+from keyguard.authz.request import Credential, extract
+from keyguard.model import ModelLookup
 
 KEY = "sk-" + "A1b2C3d4" * 5
 OTHER = "sk-" + "Z9y8X7w6" * 5

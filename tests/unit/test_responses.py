@@ -1,4 +1,4 @@
-"""keyguard.responses and keyguard.reasons: the outcome table and the CheckResponses."""
+"""keyguard.authz.render and keyguard.reasons: the outcome table and the CheckResponses."""
 
 from __future__ import annotations
 
@@ -10,11 +10,7 @@ import pytest
 
 from keyguard._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
-from keyguard.keys import generate_key
-from keyguard.policy import SpendResult
-from keyguard.reasons import OUTCOMES, Reason
-from keyguard.record import TYPE_STANDARD, TYPE_SUBSCRIPTION
-from keyguard.responses import (
+from keyguard.authz.render import (
     allow,
     allow_unknown_degraded,
     denial,
@@ -23,6 +19,10 @@ from keyguard.responses import (
     rate_limit_suffix,
     rate_limited,
 )
+from keyguard.keys import generate_key
+from keyguard.policy import SpendResult
+from keyguard.reasons import OUTCOMES, Reason
+from keyguard.record import TYPE_STANDARD, TYPE_SUBSCRIPTION
 from tests.support.records import make_record
 
 OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -140,12 +140,12 @@ def test_table_row_matches_issue(reason: Reason) -> None:
     outcome = OUTCOMES[reason]
     status, code, openai_type, anthropic_type = EXPECTED[reason]
     assert outcome.http_status == status
-    assert outcome.grpc_code is code
+    assert outcome.grpc_code == code.value[0]
     assert outcome.openai_type == openai_type
     assert outcome.anthropic_type == anthropic_type
     assert outcome.anthropic_type in ANTHROPIC_TYPES
     if status in STATUS_TO_GRPC:
-        assert outcome.grpc_code is STATUS_TO_GRPC[status]
+        assert outcome.grpc_code == STATUS_TO_GRPC[status].value[0]
 
 
 @pytest.mark.parametrize("reason", DENY_REASONS)
@@ -165,7 +165,7 @@ def test_denial(reason: Reason, anthropic: bool) -> None:
     outcome = OUTCOMES[reason]
     response = denial(reason, anthropic)
     assert response.WhichOneof("http_response") == "denied_response"
-    assert response.status.code == outcome.grpc_code.value[0]
+    assert response.status.code == outcome.grpc_code
     assert response.status.code == EXPECTED[reason][1].value[0]
     assert response.status.code != 0
     denied = response.denied_response

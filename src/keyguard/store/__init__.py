@@ -1,13 +1,28 @@
-"""The key store: a protocol, Redis key names, and the Redis implementation."""
+"""The key store: its two interfaces and the Redis key names.
+
+* ``KeyStore`` is what a decision needs (look a record up, spend, count usage, hear
+  about changes). ``store.redis.RedisKeyStore`` implements it on Redis,
+  ``store.memory.MemoryKeyStore`` in memory for unit tests of the decision.
+* ``Commands`` is the one client interface ``RedisKeyStore`` talks through; the
+  implementations in ``store.commands`` sit on redis-py (every topology) or on the
+  auto-pipelining connection of ``store.pipeline`` (single node).
+
+Nothing here imports a Redis client, so the decision core imports without one.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
+from keyguard.errors import StoreError
 from keyguard.policy import SpendResult
 from keyguard.record import KeyRecord
 
 EVENTS_CHANNEL = "kg:events"
+# Published on EVENTS_CHANNEL instead of a key hash: every cached record is stale.
+ALL_KEYS = "*"
 IDS_SET = "kg:ids"
 KEY_PREFIX = "kg:"
 
@@ -25,8 +40,9 @@ def id_key(key_id: str) -> str:
     return f"kg:id:{key_id}"
 
 
-class StoreError(Exception):
-    """The store could not answer (connection, timeout, cluster down...)."""
+# Entering subscribes (StoreError if it cannot); iterating yields what was published
+# (a key hash, or ALL_KEYS) and raises StoreError when the subscription breaks.
+ChangeFeed = AbstractAsyncContextManager[AsyncIterator[str]]
 
 
 class KeyStore(Protocol):
@@ -40,4 +56,34 @@ class KeyStore(Protocol):
 
     async def ping(self) -> None: ...
 
+    def changes(self) -> ChangeFeed: ...
+
     async def close(self) -> None: ...
+
+
+class Commands(Protocol):
+    """The Redis commands keyguard's server sends. Failures surface as the client's
+    own exceptions; ``RedisKeyStore`` alone turns them into ``StoreError``."""
+
+    async def hgetall(self, key: str) -> dict[str, str]: ...
+
+    async def evalsha(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
+
+    async def ping(self) -> None: ...
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[str]]: ...
+
+    async def close(self) -> None: ...
+
+
+__all__ = [
+    "ALL_KEYS",
+    "EVENTS_CHANNEL",
+    "ChangeFeed",
+    "Commands",
+    "KeyStore",
+    "StoreError",
+    "id_key",
+    "ratelimit_key",
+    "record_key",
+]

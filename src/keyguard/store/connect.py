@@ -21,6 +21,11 @@ import redis.sentinel
 
 from keyguard.settings import Settings
 
+# Typed as Any: redis-py annotates Sentinel from 8.x on, not before, and keyguard
+# accepts both (an ignore comment would be unused on one of them).
+_ASYNC_SENTINEL: Any = redis.asyncio.sentinel.Sentinel
+_SYNC_SENTINEL: Any = redis.sentinel.Sentinel
+
 
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
@@ -92,7 +97,7 @@ def async_client(settings: Settings) -> AsyncClient:
     if target.mode == "cluster":
         return redis.asyncio.cluster.RedisCluster.from_url(target.url, **kwargs)
     if target.mode == "sentinel":
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = _ASYNC_SENTINEL(
             list(target.hosts),
             sentinel_kwargs={"socket_timeout": settings.redis_timeout},
             **kwargs,
@@ -121,10 +126,10 @@ def sync_client(settings: Settings, timeout: float = 5.0) -> SyncClient:
     if target.mode == "cluster":
         return redis.cluster.RedisCluster.from_url(target.url, **kwargs)
     if target.mode == "sentinel":
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = _SYNC_SENTINEL(
             list(target.hosts), sentinel_kwargs={"socket_timeout": timeout}, **kwargs
         )
-        master: Any = sentinel.master_for(  # type: ignore[no-untyped-call]
+        master: Any = sentinel.master_for(
             target.service,
             db=target.db,
             username=target.username,

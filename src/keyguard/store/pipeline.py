@@ -23,29 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
 import hiredis
 from redis.connection import parse_url
 
+from keyguard.errors import ConnectionFailed, ReplyError
 from keyguard.settings import Settings
+from keyguard.store.scripts import script_sha
 
 # Linger only when a window would carry at least this many commands.
 BUSY_BATCH = 2
 # Weight of the newest gap in the moving average of gaps between commands.
 _GAP_WEIGHT = 0.125
-
-
-class ReplyError(Exception):
-    """Redis answered with an error (for example NOSCRIPT)."""
-
-
-class PipelineConnectionError(ConnectionError):
-    """The connection failed, closed, or a reply did not come in time."""
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
@@ -72,12 +66,12 @@ class _Protocol(asyncio.Protocol):
             try:
                 reply = self.reader.gets()
             except hiredis.ProtocolError:
-                self.owner.fail(PipelineConnectionError("protocol error"))
+                self.owner.fail(ConnectionFailed("protocol error"))
                 return
             if reply is False:
                 return
             if not pending or not self.owner.written:  # the stream is out of step
-                self.owner.fail(PipelineConnectionError("unexpected reply"))
+                self.owner.fail(ConnectionFailed("unexpected reply"))
                 return
             future, _ = pending.popleft()
             self.owner.written -= 1
@@ -94,7 +88,7 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # An old connection that was already replaced must not fail the new one.
         if self.owner._protocol is self:
-            self.owner.fail(PipelineConnectionError(f"connection lost: {exc or 'closed'}"))
+            self.owner.fail(ConnectionFailed(f"connection lost: {exc or 'closed'}"))
 
 
 class PipelinedRedis:
@@ -149,7 +143,7 @@ class PipelinedRedis:
         try:
             _, protocol = await asyncio.wait_for(connect, self.timeout)
         except (OSError, TimeoutError) as exc:
-            raise PipelineConnectionError(f"connect: {type(exc).__name__}") from exc
+            raise ConnectionFailed(f"connect: {type(exc).__name__}") from exc
         self._protocol = protocol
         handshake: list[asyncio.Future[Any]] = []
         if self.password is not None:
@@ -164,7 +158,7 @@ class PipelinedRedis:
                 await future
             except ReplyError as exc:
                 self.close()
-                raise PipelineConnectionError(f"handshake: {exc}") from exc
+                raise ConnectionFailed(f"handshake: {exc}") from exc
 
     async def _ensure(self) -> None:
         if self._protocol is not None:
@@ -203,7 +197,7 @@ class PipelinedRedis:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        self.fail(PipelineConnectionError("closed"))
+        self.fail(ConnectionFailed("closed"))
 
     # ----- sending ------------------------------------------------------------------------
 
@@ -253,7 +247,7 @@ class PipelinedRedis:
         count = len(self._buffer)
         self._buffer.clear()
         if self._protocol is None or self._protocol.transport is None:
-            self.fail(PipelineConnectionError("not connected"))
+            self.fail(ConnectionFailed("not connected"))
             return
         self.written += count
         self._protocol.transport.write(data)
@@ -267,7 +261,7 @@ class PipelinedRedis:
         loop = self._loop
         oldest = self.pending[0][1]
         if loop.time() - oldest >= self.timeout:
-            self.fail(PipelineConnectionError("timeout"))
+            self.fail(ConnectionFailed("timeout"))
             return
         self._watchdog = loop.call_later(self.timeout, self._check_timeouts)
 
@@ -276,11 +270,10 @@ class PipelinedRedis:
             await self._ensure()
         return await self._send(args)
 
-    async def evalsha(self, script: str, keys: list[str], args: list[Any]) -> Any:
+    async def evalsha(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         sha = self._scripts.get(script)
         if sha is None:
-            sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
-            self._scripts[script] = sha
+            sha = self._scripts[script] = script_sha(script)
         try:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
         except ReplyError as exc:

@@ -1,64 +1,54 @@
-"""The Redis implementation of KeyStore, on redis-py's asyncio client."""
+"""``KeyStore`` on Redis, over one ``Commands`` client.
+
+This is the one place where a backend's failure becomes a ``StoreError``: every
+command below is awaited inside ``try … except _FAILURES`` and handed to
+``_failed``, which counts it and names the operation.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any
+from collections.abc import AsyncIterator
 
 import redis.exceptions
+from prometheus_client import Histogram
 
-from keyguard.metrics import Metrics
+from keyguard.errors import BackendError, StoreError
 from keyguard.policy import SpendResult
 from keyguard.record import KeyRecord, record_from_hash
+from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
-from keyguard.store import StoreError, ratelimit_key, record_key
-from keyguard.store.connect import AsyncClient, async_client, parse_target
-from keyguard.store.pipeline import PipelineConnectionError, PipelinedRedis, ReplyError
+from keyguard.store import EVENTS_CHANNEL, Commands, ratelimit_key, record_key
+from keyguard.store.commands import make_commands
 from keyguard.store.scripts import ADD_USED, SPEND
 
-_ERRORS = (
-    redis.exceptions.RedisError,
-    OSError,
-    asyncio.TimeoutError,
-    ReplyError,
-    PipelineConnectionError,
-)
+# What any Commands implementation raises when Redis cannot answer.
+_FAILURES = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError, BackendError)
 
 
 class RedisKeyStore:
-    """KeyStore on Redis. ``fast`` (single-node URLs) carries the hot-path
-    commands; redis-py's client carries the rest and every topology it knows."""
-
-    def __init__(
-        self, client: AsyncClient, metrics: Metrics, fast: PipelinedRedis | None = None
-    ) -> None:
-        self.client = client
+    def __init__(self, commands: Commands, metrics: Metrics) -> None:
+        self.commands = commands
         self.metrics = metrics
-        self.fast = fast
-        self._spend = client.register_script(SPEND)
-        self._add_used = client.register_script(ADD_USED)
         self._pending_usage: dict[str, int] = {}
-        self._spend_duration = metrics.redis_op_duration["spend"]
+        self._durations = metrics.redis_op_duration
 
-    async def _timed(self, op: str, coro: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            result = await coro
-        except _ERRORS as exc:
-            self.metrics.redis_op_errors[op].inc()
-            raise StoreError(f"{op}: {type(exc).__name__}") from exc
-        self.metrics.observe(self.metrics.redis_op_duration[op], time.perf_counter() - start)
-        return result
+    def _failed(self, op: str, exc: BaseException) -> StoreError:
+        self.metrics.redis_op_errors[op].inc()
+        return StoreError(f"{op}: {type(exc).__name__}")
+
+    def _took(self, histogram: Histogram, start: float) -> None:
+        self.metrics.observe(histogram, time.perf_counter() - start)
 
     async def get_record(self, key_hash: str) -> KeyRecord | None:
-        if self.fast is not None:
-            flat = await self._timed(
-                "get_record", self.fast.execute("HGETALL", record_key(key_hash))
-            )
-            raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        else:
-            raw = await self._timed("get_record", self.client.hgetall(record_key(key_hash)))
+        start = time.perf_counter()
+        try:
+            raw = await self.commands.hgetall(record_key(key_hash))
+        except _FAILURES as exc:
+            raise self._failed("get_record", exc) from exc
+        self._took(self._durations["get_record"], start)
         if not raw:
             return None
         try:
@@ -68,18 +58,14 @@ class RedisKeyStore:
             raise StoreError("get_record: unreadable key record") from exc
 
     async def spend(self, key_hash: str, cost: int, rpm: int) -> SpendResult:
-        keys = [record_key(key_hash), ratelimit_key(key_hash)]
         start = time.perf_counter()
         try:
-            if self.fast is not None:
-                out = await self.fast.evalsha(SPEND, keys, [cost, rpm])
-            else:
-                out = await self._spend(keys=keys, args=[cost, rpm])
-        except _ERRORS as exc:
-            self.metrics.redis_op_errors["spend"].inc()
-            raise StoreError(f"spend: {type(exc).__name__}") from exc
-        # The hot path's own copy of _timed: one coroutine less per metered Check.
-        self.metrics.observe(self._spend_duration, time.perf_counter() - start)
+            out = await self.commands.evalsha(
+                SPEND, (record_key(key_hash), ratelimit_key(key_hash)), (cost, rpm)
+            )
+        except _FAILURES as exc:
+            raise self._failed("spend", exc) from exc
+        self._took(self._durations["spend"], start)
         return SpendResult(
             outcome=str(out[0]),
             remaining=int(out[1]),
@@ -97,14 +83,15 @@ class RedisKeyStore:
         if not self._pending_usage:
             return
         pending, self._pending_usage = self._pending_usage, {}
+        histogram = self._durations["add_usage"]
         try:
             for key_hash, units in pending.items():
-                keys = [record_key(key_hash)]
-                if self.fast is not None:
-                    call = self.fast.evalsha(ADD_USED, keys, [units])
-                else:
-                    call = self._add_used(keys=keys, args=[units])
-                await self._timed("add_usage", call)
+                start = time.perf_counter()
+                try:
+                    await self.commands.evalsha(ADD_USED, (record_key(key_hash),), (units,))
+                except _FAILURES as exc:
+                    raise self._failed("add_usage", exc) from exc
+                self._took(histogram, start)
                 pending[key_hash] = 0
         except StoreError:
             # Keep what was not written for the next flush.
@@ -114,23 +101,24 @@ class RedisKeyStore:
             raise
 
     async def ping(self) -> None:
-        if self.fast is not None:
-            await self._timed("ping", self.fast.execute("PING"))
-        else:
-            await self._timed("ping", self.client.ping())
+        start = time.perf_counter()
+        try:
+            await self.commands.ping()
+        except _FAILURES as exc:
+            raise self._failed("ping", exc) from exc
+        self._took(self._durations["ping"], start)
+
+    @contextlib.asynccontextmanager
+    async def changes(self) -> AsyncIterator[AsyncIterator[str]]:
+        try:
+            async with self.commands.subscribe(EVENTS_CHANNEL) as messages:
+                yield messages
+        except _FAILURES as exc:
+            raise StoreError(f"subscribe: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
-        if self.fast is not None:
-            self.fast.close()
-        await self.client.aclose()
-        # A Sentinel-managed client also holds connections to the sentinels.
-        pool = getattr(self.client, "connection_pool", None)
-        manager = getattr(pool, "sentinel_manager", None)
-        for sentinel in getattr(manager, "sentinels", []):
-            await sentinel.aclose()
+        await self.commands.close()
 
 
 def make_store(settings: Settings, metrics: Metrics) -> RedisKeyStore:
-    """The store for these settings: the lean pipelined path on single-node URLs."""
-    fast = PipelinedRedis(settings) if parse_target(settings.redis_url).mode == "single" else None
-    return RedisKeyStore(async_client(settings), metrics, fast)
+    return RedisKeyStore(make_commands(settings), metrics)

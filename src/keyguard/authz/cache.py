@@ -2,7 +2,7 @@
 
 Entries past their TTL are not served as fresh, but stay until evicted, so
 that KEYGUARD_ON_STORE_ERROR=cached can still serve them during an outage.
-Pub/sub invalidation (see invalidation.py) drops entries the moment the CLI
+Pub/sub invalidation (see runtime/invalidation.py) drops entries the moment the CLI
 changes a key.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from keyguard.record import KeyRecord
 
@@ -20,8 +20,6 @@ from keyguard.record import KeyRecord
 class CacheEntry:
     record: KeyRecord
     fetched_at: float  # monotonic
-    # Serialized allow responses, built once per record (and billing) and reused.
-    responses: dict[str, bytes] = field(default_factory=dict)
 
 
 class KeyCache:

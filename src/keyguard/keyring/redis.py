@@ -1,24 +1,18 @@
-"""Key management for the CLI, on a synchronous Redis client.
-
-Every change publishes the key's hash on kg:events so that every keyguard
-process drops its cached copy at once.
-"""
+"""The Redis side of key changes, on a synchronous client (the CLI's, and the admin
+API's later). Every change publishes the key's hash on kg:events so that every
+keyguard process drops its cached copy at once."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+from keyguard.errors import KeyringError, UnknownKey
 from keyguard.store import EVENTS_CHANNEL, IDS_SET, id_key, ratelimit_key, record_key
 from keyguard.store.connect import SyncClient
 from keyguard.store.scripts import HSET_EXISTING, TOPUP
 
 
-class UnknownKeyId(LookupError):
-    def __init__(self, key_id: str) -> None:
-        super().__init__(f"no key with id {key_id!r}")
-
-
-class KeyAdmin:
+class RedisKeys:
     def __init__(self, client: SyncClient) -> None:
         self.client = client
         self._hset_existing = client.register_script(HSET_EXISTING)
@@ -32,7 +26,7 @@ class KeyAdmin:
         # Each write is a different slot on a cluster, so no MULTI here; the
         # record is written first and is unreachable by id until the last step.
         if not self.client.hsetnx(record_key(key_hash), "id", key_id):
-            raise ValueError("key collision; generate a new key")
+            raise KeyringError("key collision; generate a new key")
         self.client.hset(record_key(key_hash), mapping=dict(fields))  # type: ignore[arg-type]
         self.client.set(id_key(key_id), key_hash)
         self.client.sadd(IDS_SET, key_id)
@@ -41,22 +35,22 @@ class KeyAdmin:
     def hash_of(self, key_id: str) -> str:
         key_hash = self.client.get(id_key(key_id))
         if not key_hash:
-            raise UnknownKeyId(key_id)
+            raise UnknownKey(key_id)
         return str(key_hash)
 
     def get(self, key_id: str) -> tuple[str, dict[str, str]]:
         key_hash = self.hash_of(key_id)
         raw = cast(dict[str, str], self.client.hgetall(record_key(key_hash)))
         if not raw:
-            raise UnknownKeyId(key_id)
+            raise UnknownKey(key_id)
         return key_hash, raw
 
-    def list(self) -> list[dict[str, str]]:
+    def list(self) -> list[tuple[str, dict[str, str]]]:
         out = []
         for key_id in sorted(cast(set[str], self.client.smembers(IDS_SET))):
             try:
-                out.append(self.get(str(key_id))[1])
-            except UnknownKeyId:
+                out.append(self.get(str(key_id)))
+            except UnknownKey:
                 continue
         return out
 
@@ -65,7 +59,7 @@ class KeyAdmin:
         if fields:
             args: list[Any] = [item for pair in fields.items() for item in pair]
             if not self._hset_existing(keys=[record_key(key_hash)], args=args):
-                raise UnknownKeyId(key_id)
+                raise UnknownKey(key_id)
             if "rpm" in fields:
                 self.client.delete(ratelimit_key(key_hash))
             self._publish(key_hash)
@@ -74,7 +68,7 @@ class KeyAdmin:
     def topup(self, key_id: str, amount: int) -> dict[str, str]:
         key_hash = self.hash_of(key_id)
         if self._topup(keys=[record_key(key_hash)], args=[amount]) is None:
-            raise UnknownKeyId(key_id)
+            raise UnknownKey(key_id)
         self._publish(key_hash)
         return self.get(key_id)[1]
 

@@ -1,4 +1,5 @@
-"""`keyguard serve`: the gRPC server, its health, metrics endpoint and shutdown."""
+"""`keyguard serve`: the composition root. It builds the store, cache, servicer and
+background tasks, serves gRPC, drains on a signal and tears everything down."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,16 +15,20 @@ import structlog
 from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from keyguard import __version__, logs
+from keyguard import __version__
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
-from keyguard.cache import KeyCache
-from keyguard.health import HealthReporter, HealthServicer
-from keyguard.invalidation import InvalidationListener
-from keyguard.metrics import Metrics, serve_metrics
-from keyguard.service import AuthorizationService
+from keyguard.authz.cache import KeyCache
+from keyguard.authz.service import AuthorizationService
+from keyguard.errors import StartupError
+from keyguard.runtime import logs
+from keyguard.runtime.health import HealthReporter, HealthServicer
+from keyguard.runtime.invalidation import InvalidationListener
+from keyguard.runtime.metrics import Metrics, serve_metrics
+from keyguard.runtime.tasks import UsageFlusher
 from keyguard.settings import Settings
-from keyguard.startup import StartupError
-from keyguard.store.redis import make_store
+from keyguard.store import Commands
+from keyguard.store.commands import make_commands
+from keyguard.store.redis import RedisKeyStore
 
 log = structlog.get_logger("keyguard.server")
 
@@ -85,21 +91,27 @@ def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials |
         )
 
 
-async def serve(settings: Settings, registry: CollectorRegistry | None = None) -> None:
+async def serve(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    commands: Callable[[Settings], Commands] = make_commands,
+) -> None:
+    """Run until SIGTERM/SIGINT. ``commands`` builds the Redis client (a benchmark can
+    put another one in)."""
     metrics_registry = registry or CollectorRegistry()
     metrics = Metrics(metrics_registry)
     if settings.metrics_port:
         serve_metrics(settings.metrics_host, settings.metrics_port, metrics_registry)
 
-    store = make_store(settings, metrics)
-    client = store.client
+    store = RedisKeyStore(commands(settings), metrics)
     cache = KeyCache(
         settings.cache_size,
         settings.cache_ttl,
         settings.negative_cache_size,
         settings.negative_cache_ttl,
     )
-    listener = InvalidationListener(client, cache)
+    listener = InvalidationListener(store, cache)
+    flusher = UsageFlusher(store)
 
     # SO_REUSEPORT only when workers share a port on purpose: otherwise a
     # leftover server would silently take half of the connections.
@@ -124,6 +136,7 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
             os.chmod(address[len("unix:") :].removeprefix("//"), int(settings.socket_mode, 8))
     listener.start()
     reporter.start()
+    flusher.start()
     log.info("started", version=__version__, pid=os.getpid(), settings=settings.masked())
 
     stop = asyncio.Event()
@@ -143,8 +156,7 @@ async def serve(settings: Settings, registry: CollectorRegistry | None = None) -
     await server.stop(1.0)
     metrics.apply()  # what the last Checks queued
     await listener.stop()
-    with contextlib.suppress(Exception):
-        await store.flush_usage()
+    await flusher.stop()  # and writes what the last Checks counted
     await store.close()
     log.info("stopped")
     logs.flush()

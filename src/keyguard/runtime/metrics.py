@@ -15,8 +15,8 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics_core import Metric
 
+from keyguard.errors import StartupError
 from keyguard.reasons import OUTCOMES, Reason
-from keyguard.startup import StartupError
 
 # Fine buckets at the low end: a Check is expected to take well under 1 ms.
 CHECK_BUCKETS = (

@@ -21,8 +21,8 @@ import time
 import structlog
 from prometheus_client import CollectorRegistry, multiprocess
 
-from keyguard import logs
-from keyguard.metrics import serve_metrics
+from keyguard.runtime import logs
+from keyguard.runtime.metrics import serve_metrics
 from keyguard.settings import Settings
 
 log = structlog.get_logger("keyguard.workers")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 import structlog
 from grpc_health.v1 import health, health_pb2
 
-from keyguard.metrics import Metrics
-from keyguard.store import KeyStore, StoreError
+from keyguard.errors import StoreError
+from keyguard.runtime.metrics import Metrics
+from keyguard.runtime.tasks import PeriodicTask
+from keyguard.store import KeyStore
 
 log = structlog.get_logger("keyguard.health")
 # The aio servicer is untyped in grpc-stubs.
@@ -22,8 +22,11 @@ SERVICES = ("", "envoy.service.auth.v3.Authorization")
 LIVENESS_SERVICE = "liveness"
 
 
-class HealthReporter:
+class HealthReporter(PeriodicTask):
     """Probes Redis every ``interval`` seconds and sets SERVING / NOT_SERVING."""
+
+    name = "kg-health"
+    label = "health_probe"
 
     def __init__(
         self,
@@ -33,14 +36,12 @@ class HealthReporter:
         serve_without_store: bool,
         interval: float = 1.0,
     ) -> None:
+        super().__init__(interval)
         self.servicer = servicer
         self.store = store
         self.metrics = metrics
         self.serve_without_store = serve_without_store
-        self.interval = interval
         self.store_up: bool | None = None
-        self.shutting_down = False
-        self._task: asyncio.Task[None] | None = None
 
     async def _set(self, serving: bool) -> None:
         status = (
@@ -57,7 +58,7 @@ class HealthReporter:
         await self._set(self.serve_without_store)
         await self.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
-    async def probe_once(self) -> None:
+    async def tick(self) -> None:
         try:
             await self.store.ping()
             up = True
@@ -67,39 +68,12 @@ class HealthReporter:
         if up != self.store_up:
             log.info("store_up" if up else "store_down")
             self.store_up = up
-        if not self.shutting_down:
+        if not self.stopping:
             await self._set(up or self.serve_without_store)
 
-    async def _run(self) -> None:
-        while True:
-            # Nothing may end this loop but cancellation: a dead loop would
-            # freeze the health status at whatever it last said.
-            try:
-                await self.probe_once()
-            except asyncio.CancelledError:
-                if self.shutting_down:
-                    raise
-                log.warning("health_probe_cancelled")
-            except Exception as exc:
-                log.error("health_probe_failed", error=type(exc).__name__)
-            try:
-                await self.store.flush_usage()
-            except asyncio.CancelledError:
-                if self.shutting_down:
-                    raise
-            except Exception as exc:
-                if not isinstance(exc, StoreError):
-                    log.error("usage_flush_failed", error=type(exc).__name__)
-            await asyncio.sleep(self.interval)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="kg-health")
-
     async def shutdown(self) -> None:
-        self.shutting_down = True
+        """NOT_SERVING for every service (the drain begins), and no more probes."""
+        self.stopping = True
         await self._set(False)
         await self.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.stop()

@@ -1,4 +1,9 @@
-"""Decision → CheckResponse. Constant denials are built once, at import."""
+"""Render: Decision → serialized CheckResponse.
+
+Constant denials are built and serialized once, at import; an allow is serialized
+once per record and billing (``Renderer``'s memo) and reused; rate-limit headers
+are appended to those bytes as a hand-encoded fragment.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import (
 )
 from keyguard._proto.envoy.type.v3.http_status_pb2 import HttpStatus
 from keyguard._proto.google.rpc.status_pb2 import Status
+from keyguard.authz.decision import Billing, Decision
+from keyguard.authz.request import RequestFacts
 from keyguard.policy import SpendResult
 from keyguard.reasons import OUTCOMES, Reason
 from keyguard.record import KeyRecord
@@ -61,7 +68,7 @@ def _denied(
         *(extra_headers or []),
     ]
     return CheckResponse(
-        status=Status(code=outcome.grpc_code.value[0], message=reason.value),
+        status=Status(code=outcome.grpc_code, message=reason.value),
         denied_response=DeniedHttpResponse(
             status=HttpStatus(code=outcome.http_status),  # type: ignore[arg-type]
             headers=headers,
@@ -223,3 +230,54 @@ def allow_unknown_degraded(strip_credentials: bool) -> CheckResponse:
             headers_to_remove=remove,
         ),
     )
+
+
+_ALLOW_UNKNOWN_WIRE: dict[bool, bytes] = {
+    strip: allow_unknown_degraded(strip).SerializeToString() for strip in (False, True)
+}
+
+
+class Renderer:
+    """Decisions to wire bytes, with the memo of serialized allows.
+
+    The memo is keyed by the record object (a record changed in the store is a new
+    object) and holds it, so an id cannot be reused while its entry lives; it is
+    emptied whole when it outgrows ``memo_size``.
+    """
+
+    def __init__(self, strip_credentials: bool, memo_size: int = 40_000) -> None:
+        self.strip = strip_credentials
+        self.memo_size = memo_size
+        self._memo: dict[tuple[int, str, bool], tuple[KeyRecord, bytes]] = {}
+
+    def render(self, decision: Decision, facts: RequestFacts) -> bytes:
+        reason = decision.reason
+        if reason is Reason.OK:
+            return self._allow(decision)
+        spend = decision.spend
+        if reason is Reason.RATE_LIMIT_EXCEEDED and spend is not None:
+            return rate_limited(spend, facts.anthropic).SerializeToString()
+        return _DENIAL_WIRE[(reason, facts.anthropic)]
+
+    def _allow(self, decision: Decision) -> bytes:
+        record = decision.record
+        if record is None:
+            return _ALLOW_UNKNOWN_WIRE[self.strip]
+        billing = decision.billing or Billing.UNMETERED
+        degraded = decision.degraded
+        slot = (id(record), billing, degraded)
+        memo = self._memo.get(slot)
+        if memo is not None and memo[0] is record:
+            wire = memo[1]
+        else:
+            message = allow(
+                record, billing=billing, strip_credentials=self.strip, degraded=degraded
+            )
+            wire = message.SerializeToString()
+            if len(self._memo) >= self.memo_size:
+                self._memo.clear()
+            self._memo[slot] = (record, wire)
+        spend = decision.spend
+        if spend is not None and spend.rl_limit:
+            wire += rate_limit_suffix(spend)
+        return wire

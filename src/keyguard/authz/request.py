@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from keyguard._proto.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
-from keyguard.model import read_model
-from keyguard.policy import ModelLookup
+from keyguard.model import ModelLookup, read_model
 
 # Headers the decision reads. header_map is walked once and only these kept.
 # (Envoy's x-envoy-auth-partial-body marks a truncated body; the model reader

@@ -1,0 +1,213 @@
+"""Every change to API keys, with its validation and its one-line errors.
+
+The CLI (``keyguard keys …``) is a thin layer over ``Keyring``; the admin API calls
+the same methods. Values arrive already parsed by ``keyring.values`` (in the form
+the record stores); ``Keyring`` checks that they fit together and fit the key,
+writes through ``keyring.redis.RedisKeys`` and answers with ``describe``'s view.
+Nothing is written when a check fails.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from keyguard.errors import InvalidChange, KeyringError
+from keyguard.keyring.redis import RedisKeys
+from keyguard.keys import generate_key, generate_key_id, hash_key
+from keyguard.record import (
+    STATUS_ACTIVE,
+    STATUS_DISABLED,
+    TYPE_STANDARD,
+    TYPE_SUBSCRIPTION,
+    KeyRecord,
+    new_record_fields,
+    record_from_hash,
+)
+from keyguard.store.connect import SyncClient
+
+KEY_TYPES = (TYPE_STANDARD, TYPE_SUBSCRIPTION)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """The settings a creation or an edit gives; None (or False) leaves one as it is."""
+
+    name: str | None = None
+    quota: int | None = None  # units left (standard) or per cycle (subscription)
+    unlimited: bool = False
+    cycle: int | None = None  # seconds
+    models: str | None = None  # comma list; "" = all models
+    allowed_ips: str | None = None  # comma list of networks; "" = any
+    expires: str | None = None  # epoch seconds; "" = never
+    payg: bool | None = None
+    rpm: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == KeyChange()
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    key: str  # the raw key: shown once, never stored
+    info: dict[str, Any]
+
+
+def _iso(stamp: float | None) -> str | None:
+    if not stamp:
+        return None
+    return datetime.fromtimestamp(stamp, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def format_seconds(seconds: int) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def describe(record: KeyRecord) -> dict[str, Any]:
+    """A key record for people and scripts. It never contains the key."""
+    out: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "type": record.type,
+        "status": record.status,
+        "created_at": _iso(record.created_at),
+        "expires_at": _iso(record.expires_at),
+        "models": list(record.model_names) if record.models is not None else None,
+        "allowed_ips": (
+            [str(net) for net in record.allowed_ips] if record.allowed_ips is not None else None
+        ),
+        "unlimited": record.unlimited,
+        "remaining": None if record.unlimited else record.remaining,
+        "used": record.used,
+        "payg": record.payg,
+        "payg_used": record.payg_used,
+        "rpm": record.rpm or None,
+    }
+    if record.type == TYPE_SUBSCRIPTION:
+        out["cycle"] = format_seconds(record.cycle_seconds)
+        out["cycle_quota"] = record.cycle_quota
+        out["cycle_used"] = record.cycle_used
+        out["cycle_end"] = _iso(record.cycle_end)
+    return out
+
+
+def _check_combination(change: KeyChange) -> None:
+    if change.quota is not None and change.unlimited:
+        raise InvalidChange("use either --quota or --unlimited, not both")
+
+
+def _fields(change: KeyChange, key_type: str, creating: bool) -> dict[str, str]:
+    """The record fields a change writes, for a key of ``key_type``."""
+    fields: dict[str, str] = {}
+    if change.name is not None:
+        fields["name"] = change.name
+    if change.models is not None:
+        fields["models"] = change.models
+    if change.allowed_ips is not None:
+        fields["allowed_ips"] = change.allowed_ips
+    if change.expires is not None:
+        fields["expires_at"] = change.expires
+    if change.payg is not None:
+        fields["payg"] = "1" if change.payg else "0"
+    if change.rpm is not None:
+        fields["rpm"] = str(change.rpm)
+    if change.unlimited:
+        if key_type == TYPE_SUBSCRIPTION:
+            raise InvalidChange(
+                "a subscription key has a cycle quota; --unlimited is for standard keys"
+            )
+        fields["unlimited"] = "1"
+    if change.quota is not None:
+        if key_type == TYPE_SUBSCRIPTION:
+            fields["cycle_quota"] = str(change.quota)
+            if creating:
+                fields["remaining"] = str(change.quota)
+        else:
+            fields["remaining"] = str(change.quota)
+            fields["unlimited"] = "0"
+    if change.cycle is not None:
+        if key_type != TYPE_SUBSCRIPTION:
+            raise InvalidChange("--cycle is for subscription keys (--type subscription)")
+        fields["cycle_seconds"] = str(change.cycle)
+    return fields
+
+
+def check_create(key_type: str, change: KeyChange) -> None:
+    """Everything a creation can get wrong without asking Redis."""
+    if key_type not in KEY_TYPES:
+        raise InvalidChange(f"unknown key type {key_type!r}: use standard or subscription")
+    _check_combination(change)
+    if key_type == TYPE_SUBSCRIPTION and (change.quota is None or change.cycle is None):
+        raise InvalidChange("a subscription key needs --quota N (per cycle) and --cycle (e.g. 30d)")
+    _fields(change, key_type, creating=True)
+
+
+def check_edit(change: KeyChange) -> None:
+    """Everything an edit can get wrong before the key's type is known."""
+    _check_combination(change)
+    if change.empty:
+        raise InvalidChange("nothing to change: give at least one option")
+
+
+class Keyring:
+    def __init__(self, client: SyncClient) -> None:
+        self.keys = RedisKeys(client)
+
+    def _describe(self, key_hash: str, raw: dict[str, str]) -> dict[str, Any]:
+        try:
+            return describe(record_from_hash(key_hash, raw))
+        except ValueError as exc:
+            raise KeyringError(f"key {raw.get('id', '?')!r} has an unreadable record") from exc
+
+    def create(self, key_type: str, change: KeyChange) -> CreatedKey:
+        check_create(key_type, change)
+        now = int(time.time())
+        key = generate_key(key_type)
+        fields = {
+            **new_record_fields(generate_key_id(), key_type, now),
+            **_fields(change, key_type, creating=True),
+        }
+        if key_type == TYPE_SUBSCRIPTION:
+            fields["cycle_end"] = str(now + int(fields["cycle_seconds"]))
+        key_hash = hash_key(key)
+        self.keys.create(key_hash, fields)
+        return CreatedKey(key, self._describe(key_hash, fields))
+
+    def show(self, key_id: str) -> dict[str, Any]:
+        return self._describe(*self.keys.get(key_id))
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self._describe(key_hash, raw) for key_hash, raw in self.keys.list()]
+
+    def edit(self, key_id: str, change: KeyChange) -> dict[str, Any]:
+        check_edit(change)
+        key_hash, raw = self.keys.get(key_id)
+        fields = _fields(change, raw.get("type", TYPE_STANDARD), creating=False)
+        if not fields:
+            raise InvalidChange("nothing to change: give at least one option")
+        return self._describe(key_hash, self.keys.update(key_id, fields))
+
+    def set_status(self, key_id: str, enabled: bool) -> dict[str, Any]:
+        status = STATUS_ACTIVE if enabled else STATUS_DISABLED
+        key_hash = self.keys.hash_of(key_id)
+        return self._describe(key_hash, self.keys.update(key_id, {"status": status}))
+
+    def topup(self, key_id: str, amount: int) -> dict[str, Any]:
+        if amount <= 0:
+            raise InvalidChange("must be greater than 0")
+        key_hash, raw = self.keys.get(key_id)
+        if raw.get("unlimited") == "1":
+            raise InvalidChange(f"key {key_id} is unlimited; top-up applies to keys with a quota")
+        return self._describe(key_hash, self.keys.topup(key_id, amount))
+
+    def revoke(self, key_id: str) -> None:
+        self.keys.revoke(key_id)
+
+
+__all__ = ["CreatedKey", "KeyChange", "Keyring", "check_create", "check_edit", "describe"]

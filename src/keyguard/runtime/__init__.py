@@ -1,0 +1,2 @@
+"""The process around the decision: gRPC server, workers, health, background tasks,
+metrics and logs."""

@@ -1,0 +1,171 @@
+"""``KeyStore`` in memory: a real implementation of the protocol, for unit tests of
+the decision and the servicer (integration and end-to-end tests use real Redis).
+
+Records are kept as the same string fields Redis holds and parsed by the same
+``record_from_hash``; ``spend`` follows ``scripts/spend.lua`` step by step. On top,
+it can be made to fail (``failing``) or to hold lookups until released (``gate``),
+and it counts what it was asked, so that outage modes, single flight and the
+invalidation race can be tested without killing a Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+
+from keyguard.errors import StoreError
+from keyguard.policy import SpendResult
+from keyguard.record import STATUS_ACTIVE, TYPE_SUBSCRIPTION, KeyRecord, record_from_hash
+
+_WINDOW_MS = 60_000
+
+
+def next_cycle_end(cycle_end: float, cycle_seconds: int, now: float) -> float:
+    """The first cycle boundary after ``now``, stepping whole cycles from ``cycle_end``."""
+    if cycle_seconds <= 0 or now < cycle_end:
+        return cycle_end
+    skipped = int((now - cycle_end) // cycle_seconds) + 1
+    return cycle_end + skipped * cycle_seconds
+
+
+def _int(fields: dict[str, str], name: str) -> int:
+    value = fields.get(name, "")
+    return int(value) if value else 0
+
+
+class MemoryKeyStore:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # seconds, as Redis TIME
+        self.records: dict[str, dict[str, str]] = {}
+        self._tats: dict[str, float] = {}  # GCRA state per key hash, ms
+        self._pending_usage: dict[str, int] = {}
+        self._feeds: list[asyncio.Queue[str]] = []
+        # Test controls and counters.
+        self.failing = False
+        self.gate: asyncio.Event | None = None
+        self.lookups = 0
+        self.spends = 0
+
+    # ----- what a test arranges ------------------------------------------------------------
+
+    def put(self, key_hash: str, fields: dict[str, str]) -> None:
+        self.records[key_hash] = dict(fields)
+
+    def update(self, key_hash: str, **fields: str) -> None:
+        self.records[key_hash].update(fields)
+
+    def publish(self, message: str) -> None:
+        """What the keyring publishes after a change: a key hash, or store.ALL_KEYS."""
+        for feed in self._feeds:
+            feed.put_nowait(message)
+
+    def _check(self, op: str) -> None:
+        if self.failing:
+            raise StoreError(f"{op}: store is failing")
+
+    # ----- KeyStore --------------------------------------------------------------------------
+
+    async def get_record(self, key_hash: str) -> KeyRecord | None:
+        self.lookups += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        self._check("get_record")
+        fields = self.records.get(key_hash)
+        if not fields:
+            return None
+        try:
+            return record_from_hash(key_hash, fields)
+        except ValueError as exc:
+            raise StoreError("get_record: unreadable key record") from exc
+
+    async def spend(self, key_hash: str, cost: int, rpm: int) -> SpendResult:
+        self.spends += 1
+        self._check("spend")
+        rec = self.records.get(key_hash)
+        if not rec:
+            return SpendResult("gone")
+        if rec.get("status") != STATUS_ACTIVE:
+            return SpendResult("disabled")
+        now_ms = math.floor(self.clock() * 1000)
+        unlimited = rec.get("unlimited") == "1"
+        remaining = _int(rec, "remaining")
+        if rec.get("type") == TYPE_SUBSCRIPTION and rec.get("cycle_end"):
+            cycle_end = float(rec["cycle_end"])
+            seconds = _int(rec, "cycle_seconds")
+            if seconds > 0 and now_ms >= cycle_end * 1000:
+                remaining = _int(rec, "cycle_quota")
+                rec["remaining"] = str(remaining)
+                rec["cycle_used"] = "0"
+                rec["cycle_end"] = str(int(next_cycle_end(cycle_end, seconds, now_ms / 1000)))
+        rl = (0, 0, 0)
+        new_tat: float | None = None
+        if rpm > 0:
+            interval = _WINDOW_MS / rpm
+            tat = max(self._tats.get(key_hash, now_ms), now_ms)
+            new_tat = tat + interval
+            allow_at = new_tat - _WINDOW_MS
+            if now_ms < allow_at:
+                reset = math.ceil(tat - now_ms)
+                return SpendResult(
+                    "rate_limited", remaining, rpm, 0, reset, math.ceil(allow_at - now_ms)
+                )
+            rl = (
+                rpm,
+                math.floor((_WINDOW_MS - (new_tat - now_ms)) / interval),
+                math.ceil(new_tat - now_ms),
+            )
+        outcome = "ok"
+        if unlimited or cost <= 0:
+            if cost > 0:
+                rec["used"] = str(_int(rec, "used") + cost)
+        elif remaining >= cost:
+            remaining -= cost
+            rec["remaining"] = str(remaining)
+            rec["used"] = str(_int(rec, "used") + cost)
+            if rec.get("type") == TYPE_SUBSCRIPTION:
+                rec["cycle_used"] = str(_int(rec, "cycle_used") + cost)
+        elif rec.get("payg") == "1":
+            rec["used"] = str(_int(rec, "used") + cost)
+            rec["payg_used"] = str(_int(rec, "payg_used") + cost)
+            outcome = "payg"
+        else:
+            return SpendResult("insufficient", remaining, *rl)
+        if new_tat is not None:
+            self._tats[key_hash] = math.ceil(new_tat)
+        return SpendResult(outcome, -1 if unlimited else remaining, *rl)
+
+    def add_usage(self, key_hash: str, units: int) -> None:
+        self._pending_usage[key_hash] = self._pending_usage.get(key_hash, 0) + units
+
+    async def flush_usage(self) -> None:
+        self._check("add_usage")
+        pending, self._pending_usage = self._pending_usage, {}
+        for key_hash, units in pending.items():
+            rec = self.records.get(key_hash)
+            if rec:
+                rec["used"] = str(_int(rec, "used") + units)
+
+    async def ping(self) -> None:
+        self._check("ping")
+
+    @contextlib.asynccontextmanager
+    async def changes(self) -> AsyncIterator[AsyncIterator[str]]:
+        self._check("subscribe")
+        feed: asyncio.Queue[str] = asyncio.Queue()
+        self._feeds.append(feed)
+        try:
+            yield self._messages(feed)
+        finally:
+            self._feeds.remove(feed)
+
+    async def _messages(self, feed: asyncio.Queue[str]) -> AsyncIterator[str]:
+        while True:
+            message = await feed.get()
+            self._check("subscribe")
+            yield message
+
+    async def close(self) -> None:
+        self._feeds.clear()
