@@ -1,4 +1,11 @@
-"""Read the requested model from a request: Gemini path, multipart form, or JSON body.
+"""Read the requested model from a request: the path (Gemini, Azure OpenAI, Bedrock),
+a multipart form, or a JSON body.
+
+The model allowed and priced must be the model the upstream will read, so every
+reading that some upstream parser could take differently is ambiguous: two different
+top-level "model" values, keys that equal "model" ignoring ASCII case (Go's
+encoding/json matches keys that way and keeps the last), or a body naming another
+model than the path.
 
 The JSON reader walks only the top level of the object and lets the C JSON
 decoder skip each value, so a truncated body (Envoy's allow_partial_message)
@@ -9,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import unquote
 
 
 class ModelLookup:
@@ -23,6 +31,14 @@ class ModelLookup:
 
 # Anchored at the end, so "/models/x:y" earlier in a path cannot pick the model.
 _GEMINI_PATH = re.compile(r"/models/([^/:?]+):[A-Za-z]+$")
+# Azure OpenAI: /openai/deployments/{deployment}/chat/completions (and every other op).
+_AZURE_PATH = re.compile(r"/openai/deployments/([^/?]+)/")
+# Bedrock runtime: /model/{modelId}/invoke (-with-response-stream), /converse(-stream).
+# A model id may be an ARN, percent-encoded in the path.
+_BEDROCK_PATH = re.compile(
+    r"/model/([^/?]+)/(?:invoke|invoke-with-response-stream|converse|converse-stream)$"
+)
+_PATH_MODELS = (_GEMINI_PATH, _AZURE_PATH, _BEDROCK_PATH)
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = " \t\n\r"
 _SCALAR_STARTS = frozenset("-0123456789tf")  # a JSON number or boolean
@@ -39,16 +55,31 @@ MAX_MODEL_LEN = 256
 
 
 def model_from_path(path: str) -> str | None:
-    match = _GEMINI_PATH.search(path)
-    return match.group(1) if match else None
+    """The model a Gemini, Azure OpenAI or Bedrock path names (query already removed)."""
+    if "/model" not in path and "/openai/" not in path:
+        return None  # the common OpenAI and Anthropic paths, without a regex
+    for pattern in _PATH_MODELS:
+        match = pattern.search(path)
+        if match:
+            model = unquote(match.group(1))
+            if not model or len(model) > MAX_MODEL_LEN:
+                return ModelLookup.AMBIGUOUS
+            return model
+    return None
+
+
+def _is_model_key(key: str) -> bool:
+    """ "model", or any spelling of it in another ASCII case ("Model", "MODEL")."""
+    return key == "model" or (len(key) == 5 and key.isascii() and key.lower() == "model")
 
 
 def model_from_json(body: str) -> str:
     """The top-level "model" string of a (possibly truncated) JSON object.
 
+    Every top-level key equal to "model" ignoring ASCII case is a model field.
     Returns ModelLookup.NONE when absent (or not yet seen in a truncated
-    prefix) and ModelLookup.AMBIGUOUS when two different top-level "model"
-    values appear, since parsers differ on which one wins.
+    prefix) and ModelLookup.AMBIGUOUS when two different model values appear,
+    since parsers differ on which one wins.
     """
     # Hot path (every Check of a key with a model list): whitespace is tested
     # before the regex runs, and values go straight to the C scanner.
@@ -82,10 +113,10 @@ def model_from_json(body: str) -> str:
         except (StopIteration, ValueError, RecursionError):
             # A cut-off number or boolean is already not a string: a "model" that
             # starts as one cannot name a model, whatever came before it.
-            if key == "model" and idx < end and body[idx] in _SCALAR_STARTS:
+            if _is_model_key(key) and idx < end and body[idx] in _SCALAR_STARTS:
                 return ModelLookup.AMBIGUOUS
             break
-        if key == "model":
+        if _is_model_key(key):
             if not isinstance(value, str) or not value or len(value) > MAX_MODEL_LEN:
                 return ModelLookup.AMBIGUOUS
             if found is not None and found != value:
@@ -133,15 +164,20 @@ BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 def read_model(path: str, content_type: str, body: bytes, method: str = "POST") -> str:
-    """The requested model, or ModelLookup.NONE / AMBIGUOUS / NOT_APPLICABLE."""
+    """The requested model, or ModelLookup.NONE / AMBIGUOUS / NOT_APPLICABLE.
+
+    A model named by the path stands unless the body names a different one
+    (ambiguous: which one the upstream serves depends on the upstream).
+    """
     from_path = model_from_path(path)
-    if from_path is not None:
-        return from_path
-    if method.upper() in BODYLESS_METHODS and not body:
+    if from_path is None and method.upper() in BODYLESS_METHODS and not body:
         return ModelLookup.NOT_APPLICABLE
     if not body:
-        return ModelLookup.NONE
-    ctype = content_type.lower()
-    if ctype.startswith("multipart/form-data"):
-        return model_from_multipart(body, content_type)
-    return model_from_json(body.decode("utf-8", errors="replace"))
+        return ModelLookup.NONE if from_path is None else from_path
+    if content_type.lower().startswith("multipart/form-data"):
+        from_body = model_from_multipart(body, content_type)
+    else:
+        from_body = model_from_json(body.decode("utf-8", errors="replace"))
+    if from_path is None or from_body == ModelLookup.NONE:
+        return from_body if from_path is None else from_path
+    return from_path if from_body == from_path else ModelLookup.AMBIGUOUS

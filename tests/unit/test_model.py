@@ -86,7 +86,11 @@ def test_chat_body_is_about_4kb() -> None:
         ('{"model":"caf\\u00e9"}', "café"),
         ('{"model":"claude-3-5-haiku-20241022","max_tokens":1}', "claude-3-5-haiku-20241022"),
         ('{"model":"ft:gpt-4o-mini:org:custom:id1"}', "ft:gpt-4o-mini:org:custom:id1"),
-        ('{"Model":"x"}', ModelLookup.NONE),  # keys are case-sensitive
+        # Go's encoding/json matches keys ignoring case: "Model" is a model field to it.
+        ('{"Model":"x"}', "x"),
+        ('{"MODEL":"x","n":1}', "x"),
+        ('{"moDEL":"x","model":"x"}', "x"),
+        ('{"mod\u0435l":"x"}', ModelLookup.NONE),  # a Cyrillic e is no ASCII case of e
         ('{"model ":"x"}', ModelLookup.NONE),
         ('{"models":"x"}', ModelLookup.NONE),
         ("{}", ModelLookup.NONE),
@@ -132,6 +136,11 @@ def test_json_nested_model_is_ignored(body: str, expected: str) -> None:
         ('{"model":""}', ModelLookup.AMBIGUOUS),
         ('{"model":"' + "m" * (MAX_MODEL_LEN + 1) + '"}', ModelLookup.AMBIGUOUS),
         ('{"model":"a","model":null}', ModelLookup.AMBIGUOUS),
+        # {"model":"gpt-4o-mini","Model":"gpt-4o"} is gpt-4o to a Go upstream.
+        ('{"model":"gpt-4o-mini","Model":"gpt-4o"}', ModelLookup.AMBIGUOUS),
+        ('{"Model":"a","mODEL":"b"}', ModelLookup.AMBIGUOUS),
+        ('{"model":"a","MODEL":null}', ModelLookup.AMBIGUOUS),
+        ('{"model":"a","Model":1', ModelLookup.AMBIGUOUS),  # cut off inside a number
     ],
 )
 def test_json_duplicates_and_non_strings(body: str, expected: str) -> None:
@@ -428,12 +437,56 @@ def test_gemini_path_needs_no_body() -> None:
     assert read_model(path, "", b"garbage") == "gemini-1.5-pro"
 
 
-def test_path_wins_over_body() -> None:
+def test_a_body_naming_another_model_than_the_path_is_ambiguous() -> None:
+    # Which of the two the upstream serves depends on the upstream: neither may be allowed.
     path = "/v1beta/models/gemini-1.5-pro:generateContent"
-    assert read_json('{"model":"gpt-4o"}', path) == "gemini-1.5-pro"
-    assert read_json('{"model":"a","model":"b"}', path) == "gemini-1.5-pro"
+    assert read_json('{"model":"gpt-4o"}', path) == ModelLookup.AMBIGUOUS
+    assert read_json('{"model":"a","model":"b"}', path) == ModelLookup.AMBIGUOUS
+    assert read_json('{"Model":"gpt-4o"}', path) == ModelLookup.AMBIGUOUS
     ctype = f"multipart/form-data; boundary={BOUNDARY}"
-    assert read_model(path, ctype, transcription()) == "gemini-1.5-pro"
+    assert read_model(path, ctype, transcription()) == ModelLookup.AMBIGUOUS
+    # The same model in both, or none in the body, is the path's model.
+    assert read_json('{"model":"gemini-1.5-pro"}', path) == "gemini-1.5-pro"
+    assert read_json('{"contents":[]}', path) == "gemini-1.5-pro"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/openai/deployments/gpt-4o/chat/completions", "gpt-4o"),
+        ("/openai/deployments/my-mini/embeddings", "my-mini"),
+        ("/azure/openai/deployments/gpt-4o-mini/completions", "gpt-4o-mini"),
+        ("/openai/deployments//chat/completions", None),
+        ("/openai/deployments", None),
+        (
+            "/model/anthropic.claude-3-5-sonnet-20240620-v1:0/invoke",
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        ),
+        ("/model/amazon.nova-pro-v1:0/converse", "amazon.nova-pro-v1:0"),
+        ("/model/meta.llama3-8b-instruct-v1:0/converse-stream", "meta.llama3-8b-instruct-v1:0"),
+        (
+            "/model/anthropic.claude-3-haiku-20240307-v1:0/invoke-with-response-stream",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+        ),
+        (
+            "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.x/invoke",
+            "arn:aws:bedrock:us-east-1:1:inference-profile/us.x",
+        ),
+        ("/model/x/other", None),
+        ("/model//invoke", None),
+    ],
+)
+def test_azure_and_bedrock_paths_name_the_model(path: str, expected: str | None) -> None:
+    assert model_from_path(path) == expected
+    if expected is not None:
+        assert read_model(path, JSON, b"{}") == expected
+        assert read_json('{"model":"other"}', path) == ModelLookup.AMBIGUOUS
+
+
+def test_an_allowed_body_model_cannot_smuggle_another_deployment() -> None:
+    # Was 200 for a key limited to gpt-4o-mini: the deployment in the path is what is served.
+    path = "/openai/deployments/gpt-4o/chat/completions"
+    assert read_json('{"model":"gpt-4o-mini"}', path) == ModelLookup.AMBIGUOUS
 
 
 def test_no_body_and_no_model_path_is_none() -> None:
