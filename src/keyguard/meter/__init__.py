@@ -1,0 +1,1 @@
+"""Metering: what a response says it used (``usage``), and later its settlement."""
