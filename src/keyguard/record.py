@@ -38,11 +38,18 @@ class KeyRecord:
     cycle_used: int = 0
     # The model list in the order it was given, for people; ``models`` is for lookups.
     model_names: tuple[str, ...] = ()
+    tpm: int = 0  # tokens per minute (0 = no limit), charged at settlement
+    # Metering (KEYGUARD_METERING=tokens): credits held by open requests, and the
+    # tokens settled so far. Written by the hold and settle scripts.
+    held: int = 0
+    tokens_in: int = 0  # uncached input tokens
+    tokens_out: int = 0
+    cached_tokens: int = 0  # input tokens read from (or written to) a prompt cache
 
     @property
     def metered(self) -> bool:
         """True when an allowed request must go through the atomic spend script."""
-        return not self.unlimited or self.rpm > 0
+        return not self.unlimited or self.rpm > 0 or self.tpm > 0
 
 
 def _int(raw: dict[str, str], name: str) -> int:
@@ -92,6 +99,11 @@ def record_from_hash(key_hash: str, raw: dict[str, str]) -> KeyRecord:
         payg_used=_int(raw, "payg_used"),
         cycle_used=_int(raw, "cycle_used"),
         model_names=names,
+        tpm=_int(raw, "tpm"),
+        held=_int(raw, "held"),
+        tokens_in=_int(raw, "tokens_in"),
+        tokens_out=_int(raw, "tokens_out"),
+        cached_tokens=_int(raw, "cached_tokens"),
     )
 
 
@@ -112,6 +124,7 @@ def new_record_fields(key_id: str, key_type: str, now: int) -> dict[str, str]:
         "payg": "0",
         "payg_used": "0",
         "rpm": "0",
+        "tpm": "0",
     }
     if key_type == TYPE_SUBSCRIPTION:
         fields["cycle_used"] = "0"

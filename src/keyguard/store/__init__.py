@@ -24,6 +24,10 @@ EVENTS_CHANNEL = "kg:events"
 # Published on EVENTS_CHANNEL instead of a key hash: every cached record is stale.
 ALL_KEYS = "*"
 IDS_SET = "kg:ids"
+# The price table: a hash of model pattern → Price JSON (keyguard.prices). A change
+# publishes PRICES_CHANGED on EVENTS_CHANNEL; every server then reloads the table.
+PRICES_KEY = "kg:prices"
+PRICES_CHANGED = "prices"
 KEY_PREFIX = "kg:"
 
 
@@ -79,6 +83,8 @@ class Commands(Protocol):
 __all__ = [
     "ALL_KEYS",
     "EVENTS_CHANNEL",
+    "PRICES_CHANGED",
+    "PRICES_KEY",
     "ChangeFeed",
     "Commands",
     "KeyStore",
