@@ -66,7 +66,8 @@ def judge(
 class SpendResult:
     """What the atomic spend script answered.
 
-    outcome: "ok" | "payg" | "insufficient" | "rate_limited" | "gone" | "disabled"
+    outcome: "ok" | "payg" | "insufficient" | "rate_limited" | "tokens_limited" | "gone"
+    | "disabled"
     """
 
     outcome: str
@@ -75,6 +76,11 @@ class SpendResult:
     rl_remaining: int = 0
     rl_reset_ms: int = 0
     retry_after_ms: int = 0
+    held: int = 0  # credits held by open requests, this one's hold included
+    tl_limit: int = 0  # tokens per minute (0: no token limit)
+    tl_remaining: int = 0
+    tl_reset_ms: int = 0
+    holds_expired: int = 0  # holds this call found expired and released
 
 
 _SPEND_REASONS = {
@@ -82,6 +88,7 @@ _SPEND_REASONS = {
     "payg": Reason.OK,
     "insufficient": Reason.INSUFFICIENT_QUOTA,
     "rate_limited": Reason.RATE_LIMIT_EXCEEDED,
+    "tokens_limited": Reason.RATE_LIMIT_EXCEEDED,
     "gone": Reason.INVALID_API_KEY,
     "disabled": Reason.KEY_DISABLED,
 }

@@ -19,6 +19,8 @@ class Reason(enum.StrEnum):
     IP_NOT_ALLOWED = "ip_not_allowed"
     MODEL_NOT_ALLOWED = "model_not_allowed"
     MODEL_REQUIRED = "model_required"
+    MODEL_NOT_PRICED = "model_not_priced"
+    STREAM_USAGE_REQUIRED = "stream_usage_required"
     INSUFFICIENT_QUOTA = "insufficient_quota"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
     STORE_UNAVAILABLE = "store_unavailable"
@@ -85,12 +87,27 @@ OUTCOMES: dict[Reason, Outcome] = {
         "This API key is limited to certain models, and no single model could be read from"
         " the request. Send a 'model' field.",
     ),
+    Reason.MODEL_NOT_PRICED: Outcome(
+        403,
+        GrpcCode.PERMISSION_DENIED,
+        "permission_error",
+        "permission_error",
+        "The requested model has no price, so this metered API key cannot use it.",
+    ),
+    Reason.STREAM_USAGE_REQUIRED: Outcome(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        "invalid_request_error",
+        "invalid_request_error",
+        "Streaming requests on this API key must ask for usage: set"
+        " stream_options.include_usage to true.",
+    ),
     Reason.INSUFFICIENT_QUOTA: Outcome(
         402,
         GrpcCode.RESOURCE_EXHAUSTED,
         "insufficient_quota",
         "billing_error",
-        "You have used up the quota of this API key.",
+        "The balance of this API key is used up.",
     ),
     Reason.RATE_LIMIT_EXCEEDED: Outcome(
         429,

@@ -23,7 +23,7 @@ CHECK_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
     0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
-REDIS_OPS = ("get_record", "spend", "add_usage", "ping")
+REDIS_OPS = ("get_record", "spend", "settle", "add_usage", "ping", "prices")
 # Per-Check updates wait at most this long (or until a scrape) to be applied.
 APPLY_DELAY = 0.05  # seconds
 _T = TypeVar("_T")

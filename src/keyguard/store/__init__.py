@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from keyguard.errors import StoreError
@@ -40,8 +41,48 @@ def ratelimit_key(key_hash: str) -> str:
     return f"kg:{{{key_hash}}}:rl"
 
 
+def holds_key(key_hash: str) -> str:
+    return f"kg:{{{key_hash}}}:holds"
+
+
+def settled_key(key_hash: str) -> str:
+    return f"kg:{{{key_hash}}}:settled"
+
+
+def tpm_key(key_hash: str) -> str:
+    return f"kg:{{{key_hash}}}:tpm"
+
+
+def metered_keys(key_hash: str) -> tuple[str, str, str, str]:
+    """The keys the spend script touches, in its KEYS order."""
+    return (record_key(key_hash), ratelimit_key(key_hash), holds_key(key_hash), tpm_key(key_hash))
+
+
 def id_key(key_id: str) -> str:
     return f"kg:id:{key_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A hold to place with a spend: its id (minted by keyguard), lifetime and the
+    key's token limit."""
+
+    id: str
+    ttl_ms: int
+    tpm: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What one finished request costs: its hold (0 credits: none was placed), the
+    credits to charge and the tokens to count."""
+
+    hold_id: str
+    held: int
+    charge: int
+    tokens_in: int = 0
+    cached_tokens: int = 0
+    tokens_out: int = 0
 
 
 # Entering subscribes (StoreError if it cannot); iterating yields what was published
@@ -52,7 +93,16 @@ ChangeFeed = AbstractAsyncContextManager[AsyncIterator[str]]
 class KeyStore(Protocol):
     async def get_record(self, key_hash: str) -> KeyRecord | None: ...
 
-    async def spend(self, key_hash: str, cost: int, rpm: int) -> SpendResult: ...
+    async def spend(
+        self, key_hash: str, cost: int, rpm: int, hold: Hold | None = None
+    ) -> SpendResult:
+        """The metered step: spend ``cost`` now, or (with ``hold``) hold ``cost`` credits."""
+        ...
+
+    async def settle(self, key_hash: str, items: Sequence[Settlement]) -> list[str]:
+        """Charge settled requests and release their holds, at most once per hold id;
+        one word per item: "settled", "unheld" or "duplicate" (settle.lua)."""
+        ...
 
     def add_usage(self, key_hash: str, units: int) -> None: ...
 
@@ -87,7 +137,9 @@ __all__ = [
     "PRICES_KEY",
     "ChangeFeed",
     "Commands",
+    "Hold",
     "KeyStore",
+    "Settlement",
     "StoreError",
     "id_key",
     "ratelimit_key",

@@ -1,5 +1,6 @@
-"""The implementations of ``Commands``: redis-py for every topology, and the
-auto-pipelining connection for the hot path on a single node."""
+"""The implementations of ``Commands``: redis-py for every topology, the
+auto-pipelining connection for the hot path on a single node, and (optional)
+valkey-glide in ``store.glide``."""
 
 from __future__ import annotations
 
@@ -105,9 +106,15 @@ class PipelinedCommands:
 
 
 def make_commands(settings: Settings) -> Commands:
-    """The client for these settings: the pipelined connection on single-node URLs."""
+    """The client for these settings (``KEYGUARD_REDIS_CLIENT``). ``auto``: the
+    pipelined connection on single-node URLs, redis-py on Cluster and Sentinel."""
+    if settings.redis_client == "glide":
+        # Imported here: valkey-glide is optional, and loads a Rust library.
+        from keyguard.store.glide import GlideCommands
+
+        return GlideCommands(settings)
     slow = RedisPyCommands(async_client(settings))
-    if parse_target(settings.redis_url).mode == "single":
+    if settings.redis_client == "auto" and parse_target(settings.redis_url).mode == "single":
         return PipelinedCommands(PipelinedRedis(settings), slow)
     return slow
 

@@ -2,7 +2,8 @@
 the decision and the servicer (integration and end-to-end tests use real Redis).
 
 Records are kept as the same string fields Redis holds and parsed by the same
-``record_from_hash``; ``spend`` follows ``scripts/spend.lua`` step by step. On top,
+``record_from_hash``; ``spend`` and ``settle`` follow ``scripts/spend.lua`` and
+``scripts/settle.lua`` step by step. On top,
 it can be made to fail (``failing``) or to hold lookups until released (``gate``),
 and it counts what it was asked, so that outage modes, single flight and the
 invalidation race can be tested without killing a Redis.
@@ -14,11 +15,12 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from keyguard.errors import StoreError
 from keyguard.policy import SpendResult
 from keyguard.record import STATUS_ACTIVE, TYPE_SUBSCRIPTION, KeyRecord, record_from_hash
+from keyguard.store import Hold, Settlement
 
 _WINDOW_MS = 60_000
 
@@ -36,11 +38,21 @@ def _int(fields: dict[str, str], name: str) -> int:
     return int(value) if value else 0
 
 
+def _add(fields: dict[str, str], name: str, amount: int) -> int:
+    """HINCRBY on a field of the record."""
+    value = _int(fields, name) + amount
+    fields[name] = str(value)
+    return value
+
+
 class MemoryKeyStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock  # seconds, as Redis TIME
         self.records: dict[str, dict[str, str]] = {}
         self._tats: dict[str, float] = {}  # GCRA state per key hash, ms
+        self._token_tats: dict[str, float] = {}  # token GCRA state per key hash, ms
+        self.holds: dict[str, dict[str, tuple[int, int]]] = {}  # hash → id → (credits, expiry ms)
+        self.settled: dict[str, set[str]] = {}
         self._pending_usage: dict[str, int] = {}
         self._feeds: list[asyncio.Queue[str]] = []
         # Test controls and counters.
@@ -81,7 +93,9 @@ class MemoryKeyStore:
         except ValueError as exc:
             raise StoreError("get_record: unreadable key record") from exc
 
-    async def spend(self, key_hash: str, cost: int, rpm: int) -> SpendResult:
+    async def spend(
+        self, key_hash: str, cost: int, rpm: int, hold: Hold | None = None
+    ) -> SpendResult:
         self.spends += 1
         self._check("spend")
         rec = self.records.get(key_hash)
@@ -100,6 +114,21 @@ class MemoryKeyStore:
                 rec["remaining"] = str(remaining)
                 rec["cycle_used"] = "0"
                 rec["cycle_end"] = str(int(next_cycle_end(cycle_end, seconds, now_ms / 1000)))
+        holds = self.holds.setdefault(key_hash, {})
+        expired = [hid for hid, (_, expiry) in holds.items() if expiry <= now_ms]
+        for hid in expired:
+            _add(rec, "held", -holds.pop(hid)[0])
+        held = _int(rec, "held")
+        tl = (0, 0, 0)
+        tpm = hold.tpm if hold is not None else 0
+        if tpm > 0:
+            busy = max(self._token_tats.get(key_hash, now_ms), now_ms) - now_ms
+            tl = (tpm, max(0, math.floor((_WINDOW_MS - busy) * tpm / _WINDOW_MS)), math.ceil(busy))
+            if tl[1] <= 0:
+                retry = math.ceil(busy - _WINDOW_MS + _WINDOW_MS / tpm)
+                return SpendResult(
+                    "tokens_limited", remaining, 0, 0, 0, retry, held, *tl, len(expired)
+                )
         rl = (0, 0, 0)
         new_tat: float | None = None
         if rpm > 0:
@@ -109,8 +138,9 @@ class MemoryKeyStore:
             allow_at = new_tat - _WINDOW_MS
             if now_ms < allow_at:
                 reset = math.ceil(tat - now_ms)
+                retry = math.ceil(allow_at - now_ms)
                 return SpendResult(
-                    "rate_limited", remaining, rpm, 0, reset, math.ceil(allow_at - now_ms)
+                    "rate_limited", remaining, rpm, 0, reset, retry, held, *tl, len(expired)
                 )
             rl = (
                 rpm,
@@ -118,24 +148,78 @@ class MemoryKeyStore:
                 math.ceil(new_tat - now_ms),
             )
         outcome = "ok"
-        if unlimited or cost <= 0:
+        if hold is not None:
+            if not unlimited and cost > remaining - held:
+                if rec.get("payg") != "1":
+                    return SpendResult("insufficient", remaining, *rl, 0, held, *tl, len(expired))
+                outcome = "payg"
             if cost > 0:
-                rec["used"] = str(_int(rec, "used") + cost)
+                holds[hold.id] = (cost, now_ms + hold.ttl_ms)
+                held = _add(rec, "held", cost)
+        elif unlimited or cost <= 0:
+            if cost > 0:
+                _add(rec, "used", cost)
         elif remaining >= cost:
-            remaining -= cost
-            rec["remaining"] = str(remaining)
-            rec["used"] = str(_int(rec, "used") + cost)
+            remaining = _add(rec, "remaining", -cost)
+            _add(rec, "used", cost)
             if rec.get("type") == TYPE_SUBSCRIPTION:
-                rec["cycle_used"] = str(_int(rec, "cycle_used") + cost)
+                _add(rec, "cycle_used", cost)
         elif rec.get("payg") == "1":
-            rec["used"] = str(_int(rec, "used") + cost)
-            rec["payg_used"] = str(_int(rec, "payg_used") + cost)
+            _add(rec, "used", cost)
+            _add(rec, "payg_used", cost)
             outcome = "payg"
         else:
-            return SpendResult("insufficient", remaining, *rl)
+            return SpendResult("insufficient", remaining, *rl, 0, held, *tl, len(expired))
         if new_tat is not None:
             self._tats[key_hash] = math.ceil(new_tat)
-        return SpendResult(outcome, -1 if unlimited else remaining, *rl)
+        left = -1 if unlimited else remaining
+        return SpendResult(outcome, left, *rl, 0, held, *tl, len(expired))
+
+    async def settle(self, key_hash: str, items: Sequence[Settlement]) -> list[str]:
+        self._check("settle")
+        now_ms = math.floor(self.clock() * 1000)
+        settled = self.settled.setdefault(key_hash, set())
+        holds = self.holds.setdefault(key_hash, {})
+        rec = self.records.get(key_hash)
+        out: list[str] = []
+        tokens = 0
+        for item in items:
+            if item.hold_id in settled:
+                out.append("duplicate")
+                continue
+            settled.add(item.hold_id)
+            found = holds.get(item.hold_id)
+            if item.held > 0 and found is not None and found[0] == item.held:
+                del holds[item.hold_id]
+                if rec is not None:
+                    _add(rec, "held", -item.held)
+                out.append("settled")
+            else:
+                out.append("unheld")
+            if rec is None:
+                continue
+            charge = item.charge
+            if charge > 0:
+                _add(rec, "used", charge)
+                if rec.get("unlimited") != "1":
+                    remaining = _int(rec, "remaining")
+                    if rec.get("payg") == "1" and charge > remaining:
+                        from_quota = max(remaining, 0)
+                        _add(rec, "remaining", -from_quota)
+                        _add(rec, "payg_used", charge - from_quota)
+                    else:
+                        _add(rec, "remaining", -charge)
+                    if rec.get("type") == TYPE_SUBSCRIPTION:
+                        _add(rec, "cycle_used", charge)
+            _add(rec, "tokens_in", item.tokens_in)
+            _add(rec, "cached_tokens", item.cached_tokens)
+            _add(rec, "tokens_out", item.tokens_out)
+            tokens += item.tokens_in + item.cached_tokens + item.tokens_out
+        tpm = _int(rec, "tpm") if rec is not None else 0
+        if tpm > 0 and tokens > 0:
+            tat = max(self._token_tats.get(key_hash, now_ms), now_ms)
+            self._token_tats[key_hash] = tat + math.ceil(tokens * _WINDOW_MS / tpm)
+        return out
 
     def add_usage(self, key_hash: str, units: int) -> None:
         self._pending_usage[key_hash] = self._pending_usage.get(key_hash, 0) + units

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import redis.exceptions
 from prometheus_client import Histogram
@@ -20,10 +20,23 @@ from keyguard.policy import SpendResult
 from keyguard.record import KeyRecord, record_from_hash
 from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
-from keyguard.store import EVENTS_CHANNEL, Commands, ratelimit_key, record_key
+from keyguard.store import (
+    EVENTS_CHANNEL,
+    Commands,
+    Hold,
+    Settlement,
+    holds_key,
+    metered_keys,
+    record_key,
+    settled_key,
+    tpm_key,
+)
 from keyguard.store.commands import make_commands
-from keyguard.store.scripts import ADD_USED, SPEND
+from keyguard.store.scripts import ADD_USED, SETTLE, SPEND
 
+# How long a settled hold id is remembered: a settlement delivered again within this
+# time (a batch retried after its reply was lost) charges nothing the second time.
+SETTLED_MEMORY_MS = 300_000
 # What any Commands implementation raises when Redis cannot answer.
 _FAILURES = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError, BackendError)
 
@@ -57,12 +70,16 @@ class RedisKeyStore:
             # A hand-edited, unreadable record: treat as a store fault, fail closed.
             raise StoreError("get_record: unreadable key record") from exc
 
-    async def spend(self, key_hash: str, cost: int, rpm: int) -> SpendResult:
+    async def spend(
+        self, key_hash: str, cost: int, rpm: int, hold: Hold | None = None
+    ) -> SpendResult:
         start = time.perf_counter()
+        if hold is None:
+            args: tuple[object, ...] = (cost, rpm)
+        else:
+            args = (cost, rpm, hold.id, hold.ttl_ms, hold.tpm)
         try:
-            out = await self.commands.evalsha(
-                SPEND, (record_key(key_hash), ratelimit_key(key_hash)), (cost, rpm)
-            )
+            out = await self.commands.evalsha(SPEND, metered_keys(key_hash), args)
         except _FAILURES as exc:
             raise self._failed("spend", exc) from exc
         self._took(self._durations["spend"], start)
@@ -73,7 +90,32 @@ class RedisKeyStore:
             rl_remaining=int(out[3]),
             rl_reset_ms=int(out[4]),
             retry_after_ms=int(out[5]),
+            held=int(out[6]),
+            tl_limit=int(out[7]),
+            tl_remaining=int(out[8]),
+            tl_reset_ms=int(out[9]),
+            holds_expired=int(out[10]),
         )
+
+    async def settle(self, key_hash: str, items: Sequence[Settlement]) -> list[str]:
+        args: list[object] = [SETTLED_MEMORY_MS]
+        for item in items:
+            args += (
+                item.hold_id,
+                item.held,
+                item.charge,
+                item.tokens_in,
+                item.cached_tokens,
+                item.tokens_out,
+            )
+        keys = (record_key(key_hash), holds_key(key_hash), settled_key(key_hash), tpm_key(key_hash))
+        start = time.perf_counter()
+        try:
+            out = await self.commands.evalsha(SETTLE, keys, args)
+        except _FAILURES as exc:
+            raise self._failed("settle", exc) from exc
+        self._took(self._durations["settle"], start)
+        return [word.decode() if isinstance(word, bytes) else str(word) for word in out]
 
     def add_usage(self, key_hash: str, units: int) -> None:
         """Count usage of an unlimited key locally; flush_usage writes it in batches."""

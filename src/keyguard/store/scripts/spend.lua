@@ -1,20 +1,37 @@
 -- keyguard: the metered step of one decision, atomically.
--- KEYS[1] = kg:{H}:rec (key record hash), KEYS[2] = kg:{H}:rl (GCRA state)
--- ARGV[1] = cost (units), ARGV[2] = rpm (0 = no rate limit)
--- Returns {outcome, remaining, rl_limit, rl_remaining, rl_reset_ms, retry_after_ms}
--- Time comes from Redis so every replica agrees on cycles and rate limits.
+-- KEYS[1] = kg:{H}:rec (key record hash), KEYS[2] = kg:{H}:rl (GCRA state, requests)
+-- KEYS[3] = kg:{H}:holds (open holds: member "<id>:<credits>", score = expiry ms)
+-- KEYS[4] = kg:{H}:tpm (GCRA state, tokens)
+-- ARGV[1] = cost: units spent now (request metering) or credits to hold (token metering)
+-- ARGV[2] = rpm (0 = no rate limit)
+-- ARGV[3] = hold id ('' = request metering: spend ARGV[1] now, place no hold)
+-- ARGV[4] = hold lifetime in ms
+-- ARGV[5] = tpm (0 = no token limit)
+-- Returns {outcome, remaining, rl_limit, rl_remaining, rl_reset_ms, retry_after_ms,
+--          held, tpm_limit, tpm_remaining, tpm_reset_ms, holds_expired_now}
+-- Time comes from Redis so every replica agrees on cycles, limits and hold expiry.
 local rec = KEYS[1]
 local f = redis.call('HMGET', rec, 'status', 'unlimited', 'remaining', 'payg', 'type',
-  'cycle_end', 'cycle_seconds', 'cycle_quota')
-if not f[1] then return {'gone', -1, 0, 0, 0, 0} end
-if f[1] ~= 'active' then return {'disabled', -1, 0, 0, 0, 0} end
+  'cycle_end', 'cycle_seconds', 'cycle_quota', 'held')
+if not f[1] then return {'gone', -1, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
+if f[1] ~= 'active' then return {'disabled', -1, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cost = tonumber(ARGV[1])
 local rpm = tonumber(ARGV[2])
+local hold_id = ARGV[3] or ''
+local holding = hold_id ~= ''
+local tpm = tonumber(ARGV[5]) or 0
 local unlimited = f[2] == '1'
 local remaining = tonumber(f[3]) or 0
+local held = tonumber(f[9]) or 0
+local expired_now = 0
+local tl_limit, tl_remaining, tl_reset = 0, 0, 0
+local function reply(outcome, left, limit, limit_left, reset, retry)
+  return {outcome, left, limit, limit_left, reset, retry, held, tl_limit, tl_remaining,
+    tl_reset, expired_now}
+end
 
 -- Subscription cycle: the first request after the boundary resets the quota.
 if f[5] == 'subscription' then
@@ -29,6 +46,37 @@ if f[5] == 'subscription' then
   end
 end
 
+-- Holds whose settlement never came are released, charging nothing (documented).
+if holding then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+  if #expired > 0 then
+    local freed = 0
+    for _, member in ipairs(expired) do
+      freed = freed + (tonumber(string.match(member, ':(%d+)$')) or 0)
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+    held = redis.call('HINCRBY', rec, 'held', -freed)
+    redis.call('HINCRBY', rec, 'holds_expired', #expired)
+    expired_now = #expired
+  end
+end
+
+-- Tokens per minute: charged at settlement; a request is admitted while the budget
+-- is not used up (an admitted stream is never cut).
+if tpm > 0 then
+  local ttat = tonumber(redis.call('GET', KEYS[4])) or now_ms
+  if ttat < now_ms then ttat = now_ms end
+  local busy = ttat - now_ms
+  tl_limit = tpm
+  tl_reset = math.ceil(busy)
+  tl_remaining = math.max(0, math.floor((60000 - busy) * tpm / 60000))
+  if tl_remaining <= 0 then
+    local retry = math.ceil(busy - 60000 + 60000 / tpm)
+    tl_remaining = 0
+    return reply('tokens_limited', remaining, 0, 0, 0, retry)
+  end
+end
+
 -- GCRA with a burst of one minute's allowance: at most rpm requests at once,
 -- then one every 60/rpm seconds. The state is only written when allowed.
 local rl_limit, rl_remaining, rl_reset, new_tat = 0, 0, 0, nil
@@ -40,7 +88,7 @@ if rpm > 0 then
   local allow_at = new_tat - 60000
   if now_ms < allow_at then
     local reset = math.ceil(tat - now_ms)
-    return {'rate_limited', remaining, rpm, 0, reset, math.ceil(allow_at - now_ms)}
+    return reply('rate_limited', remaining, rpm, 0, reset, math.ceil(allow_at - now_ms))
   end
   rl_limit = rpm
   rl_remaining = math.floor((60000 - (new_tat - now_ms)) / interval)
@@ -48,7 +96,22 @@ if rpm > 0 then
 end
 
 local outcome = 'ok'
-if unlimited or cost <= 0 then
+if holding then
+  -- The hold must fit the available balance: what is left minus what open requests hold.
+  if not unlimited and cost > remaining - held then
+    if f[4] == '1' then
+      outcome = 'payg'
+    else
+      return reply('insufficient', remaining, rl_limit, rl_remaining, rl_reset, 0)
+    end
+  end
+  if cost > 0 then
+    local ttl = tonumber(ARGV[4])
+    redis.call('ZADD', KEYS[3], now_ms + ttl, hold_id .. ':' .. cost)
+    redis.call('PEXPIRE', KEYS[3], ttl + 60000)
+    held = redis.call('HINCRBY', rec, 'held', cost)
+  end
+elseif unlimited or cost <= 0 then
   if cost > 0 then redis.call('HINCRBY', rec, 'used', cost) end
 elseif remaining >= cost then
   remaining = redis.call('HINCRBY', rec, 'remaining', -cost)
@@ -59,7 +122,7 @@ elseif f[4] == '1' then
   redis.call('HINCRBY', rec, 'payg_used', cost)
   outcome = 'payg'
 else
-  return {'insufficient', remaining, rl_limit, rl_remaining, rl_reset, 0}
+  return reply('insufficient', remaining, rl_limit, rl_remaining, rl_reset, 0)
 end
 
 if new_tat then
@@ -67,4 +130,4 @@ if new_tat then
     math.ceil(new_tat - now_ms) + 1000)
 end
 if unlimited then remaining = -1 end
-return {outcome, remaining, rl_limit, rl_remaining, rl_reset, 0}
+return reply(outcome, remaining, rl_limit, rl_remaining, rl_reset, 0)

@@ -1,0 +1,71 @@
+-- keyguard: settle the holds of one API key, atomically and at most once each.
+-- KEYS[1] = kg:{H}:rec, KEYS[2] = kg:{H}:holds, KEYS[3] = kg:{H}:settled (hold ids
+-- settled recently, score = when), KEYS[4] = kg:{H}:tpm (GCRA state, tokens)
+-- ARGV[1] = how long (ms) a settled id is remembered, so a repeated delivery charges once
+-- then 6 values per hold: id, credits held (0: none), credits to charge,
+--   uncached input tokens, cached input tokens, output tokens
+-- Returns one word per hold: 'settled' (its hold released), 'unheld' (no open hold:
+-- none was placed, or it had expired; charged all the same), 'duplicate' (charged before).
+local rec = KEYS[1]
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep_ms = tonumber(ARGV[1])
+local f = redis.call('HMGET', rec, 'id', 'unlimited', 'payg', 'type', 'tpm')
+local exists = f[1] ~= false
+local out = {}
+local tokens = 0
+
+for i = 2, #ARGV, 6 do
+  local id = ARGV[i]
+  local amount = tonumber(ARGV[i + 1])
+  local charge = tonumber(ARGV[i + 2])
+  if redis.call('ZSCORE', KEYS[3], id) then
+    out[#out + 1] = 'duplicate'
+  else
+    redis.call('ZADD', KEYS[3], now_ms, id)
+    local released = 0
+    if amount > 0 then released = redis.call('ZREM', KEYS[2], id .. ':' .. amount) end
+    if released == 1 then
+      redis.call('HINCRBY', rec, 'held', -amount)
+      out[#out + 1] = 'settled'
+    else
+      out[#out + 1] = 'unheld'
+    end
+    if exists then
+      if charge > 0 then
+        redis.call('HINCRBY', rec, 'used', charge)
+        if f[2] ~= '1' then
+          local remaining = tonumber(redis.call('HGET', rec, 'remaining')) or 0
+          if f[3] == '1' and charge > remaining then
+            -- Pay-as-you-go: what the balance cannot cover is billed as payg.
+            local from_quota = math.max(remaining, 0)
+            redis.call('HINCRBY', rec, 'remaining', -from_quota)
+            redis.call('HINCRBY', rec, 'payg_used', charge - from_quota)
+          else
+            -- May go below zero by what a request cost beyond its hold (documented).
+            redis.call('HINCRBY', rec, 'remaining', -charge)
+          end
+          if f[4] == 'subscription' then redis.call('HINCRBY', rec, 'cycle_used', charge) end
+        end
+      end
+      local tin, cached, tout = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+      if tin > 0 then redis.call('HINCRBY', rec, 'tokens_in', tin) end
+      if cached > 0 then redis.call('HINCRBY', rec, 'cached_tokens', cached) end
+      if tout > 0 then redis.call('HINCRBY', rec, 'tokens_out', tout) end
+      tokens = tokens + tin + cached + tout
+    end
+  end
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - keep_ms)
+redis.call('PEXPIRE', KEYS[3], keep_ms)
+
+-- Tokens per minute: each token takes 60000/tpm ms of the minute's budget.
+local tpm = tonumber(f[5]) or 0
+if exists and tpm > 0 and tokens > 0 then
+  local ttat = tonumber(redis.call('GET', KEYS[4])) or now_ms
+  if ttat < now_ms then ttat = now_ms end
+  ttat = ttat + math.ceil(tokens * 60000 / tpm)
+  redis.call('SET', KEYS[4], string.format('%d', ttat), 'PX', ttat - now_ms + 1000)
+end
+return out

@@ -1,0 +1,217 @@
+"""Holds and settlement in the store: spend.lua / settle.lua on a real redis-server, and
+the in-memory store that mirrors them for unit tests, held to the same expectations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from keyguard.keys import generate_key, generate_key_id, hash_key
+from keyguard.record import TYPE_STANDARD, new_record_fields, record_from_hash
+from keyguard.runtime.metrics import Metrics
+from keyguard.settings import Settings
+from keyguard.store import Hold, KeyStore, Settlement, holds_key, record_key
+from keyguard.store.memory import MemoryKeyStore
+from keyguard.store.redis import make_store
+
+T = TypeVar("T")
+BACKENDS = ("redis", "memory")
+
+
+class Backend:
+    """One store to test, and a way to write and read its raw record fields."""
+
+    def __init__(self, store: KeyStore, put: Callable[[str, dict[str, str]], None],
+                 get: Callable[[str], dict[str, str]]) -> None:  # fmt: skip
+        self.store = store
+        self.put = put
+        self.get = get
+
+    def key(self, **fields: str) -> str:
+        key_hash = hash_key(generate_key(TYPE_STANDARD))
+        base = new_record_fields(generate_key_id(), TYPE_STANDARD, int(time.time()))
+        self.put(key_hash, {**base, "unlimited": "0", "remaining": "1000", **fields})
+        return key_hash
+
+    def field(self, key_hash: str, name: str) -> int:
+        return int(self.get(key_hash).get(name) or 0)
+
+
+@contextlib.asynccontextmanager
+async def backend(kind: str, redis_url: str) -> AsyncIterator[Backend]:
+    if kind == "memory":
+        memory = MemoryKeyStore()
+        yield Backend(memory, memory.put, lambda h: memory.records[h])
+        return
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = make_store(replace(Settings(), redis_url=redis_url), Metrics(CollectorRegistry()))
+    try:
+        yield Backend(
+            store,
+            lambda h, fields: client.hset(record_key(h), mapping=fields),  # type: ignore[arg-type]
+            lambda h: client.hgetall(record_key(h)),  # type: ignore[return-value]
+        )
+    finally:
+        await store.close()
+        client.close()
+
+
+def run(kind: str, redis_url: str, body: Callable[[Backend], Coroutine[Any, Any, T]]) -> T:
+    async def go() -> T:
+        async with backend(kind, redis_url) as b:
+            return await body(b)
+
+    return asyncio.run(go())
+
+
+def hold(hold_id: str, ttl_ms: int = 3_600_000, tpm: int = 0) -> Hold:
+    return Hold(hold_id, ttl_ms, tpm)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_hold_reduces_what_is_available_and_settling_charges_the_actual(
+    kind: str, redis_url: str
+) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="1000")
+        first = await b.store.spend(h, 600, 0, hold("a"))
+        assert (first.outcome, first.held, first.remaining) == ("ok", 600, 1000)
+        # 1000 left, 600 held: a second hold of 600 does not fit.
+        assert (await b.store.spend(h, 600, 0, hold("b"))).outcome == "insufficient"
+        assert (await b.store.spend(h, 400, 0, hold("c"))).outcome == "ok"
+        out = await b.store.settle(h, [Settlement("a", 600, 250, 100, 20, 30)])
+        assert out == ["settled"]
+        assert (b.field(h, "held"), b.field(h, "remaining"), b.field(h, "used")) == (400, 750, 250)
+        assert (b.field(h, "tokens_in"), b.field(h, "cached_tokens"), b.field(h, "tokens_out")) == (
+            100, 20, 30,
+        )  # fmt: skip
+
+    run(kind, redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_settlement_delivered_twice_charges_once(kind: str, redis_url: str) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="1000")
+        await b.store.spend(h, 100, 0, hold("a"))
+        item = Settlement("a", 100, 70)
+        assert await b.store.settle(h, [item, item]) == ["settled", "duplicate"]
+        assert await b.store.settle(h, [item]) == ["duplicate"]
+        assert (b.field(h, "remaining"), b.field(h, "used"), b.field(h, "held")) == (930, 70, 0)
+
+    run(kind, redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_an_expired_hold_is_released_charging_nothing_and_a_late_settlement_still_charges(
+    kind: str, redis_url: str
+) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="1000")
+        await b.store.spend(h, 900, 0, hold("a", ttl_ms=50))
+        await asyncio.sleep(0.08)
+        # The next spend finds the hold expired: released, nothing charged.
+        result = await b.store.spend(h, 900, 0, hold("b"))
+        assert (result.outcome, result.held, result.holds_expired) == ("ok", 900, 1)
+        assert b.field(h, "used") == 0
+        # The request behind the expired hold did finish after all: charged once.
+        assert await b.store.settle(h, [Settlement("a", 900, 10)]) == ["unheld"]
+        assert await b.store.settle(h, [Settlement("a", 900, 10)]) == ["duplicate"]
+        assert (b.field(h, "remaining"), b.field(h, "held")) == (990, 900)
+
+    run(kind, redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_the_balance_goes_below_zero_only_by_what_exceeded_the_holds(
+    kind: str, redis_url: str
+) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="100")
+        assert (await b.store.spend(h, 100, 0, hold("a"))).outcome == "ok"
+        await b.store.settle(h, [Settlement("a", 100, 130)])  # cost 30 beyond its hold
+        assert b.field(h, "remaining") == -30
+        assert (await b.store.spend(h, 1, 0, hold("b"))).outcome == "insufficient"
+
+    run(kind, redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_payg_admits_beyond_the_balance_and_bills_the_excess_as_payg(
+    kind: str, redis_url: str
+) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="50", payg="1")
+        assert (await b.store.spend(h, 80, 0, hold("a"))).outcome == "payg"
+        await b.store.settle(h, [Settlement("a", 80, 75)])
+        assert (b.field(h, "remaining"), b.field(h, "payg_used"), b.field(h, "used")) == (0, 25, 75)
+
+    run(kind, redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_unlimited_keys_place_no_hold_but_settlement_counts_usage(
+    kind: str, redis_url: str
+) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(unlimited="1", remaining="0")
+        assert (await b.store.spend(h, 0, 0, hold("a"))).outcome == "ok"
+        assert await b.store.settle(h, [Settlement("a", 0, 42, 5, 0, 6)]) == ["unheld"]
+        assert (b.field(h, "used"), b.field(h, "remaining"), b.field(h, "tokens_out")) == (42, 0, 6)
+
+    run(kind, redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_tokens_per_minute_are_charged_at_settlement(kind: str, redis_url: str) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(unlimited="1", tpm="1000")
+        first = await b.store.spend(h, 0, 0, hold("a", tpm=1000))
+        assert (first.outcome, first.tl_limit, first.tl_remaining) == ("ok", 1000, 1000)
+        await b.store.settle(h, [Settlement("a", 0, 0, 600, 100, 300)])  # 1000 tokens
+        limited = await b.store.spend(h, 0, 0, hold("b", tpm=1000))
+        assert limited.outcome == "tokens_limited"
+        assert 0 < limited.retry_after_ms <= 1000
+        assert 59_000 <= limited.tl_reset_ms <= 60_000
+
+    run(kind, redis_url, body)
+
+
+def test_holds_live_beside_the_record_in_one_slot(redis_url: str) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key()
+        await b.store.spend(h, 5, 0, hold("a"))
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            assert client.zrange(holds_key(h), 0, -1) == ["a:5"]
+            assert 0 < client.pttl(holds_key(h)) <= 3_600_000 + 60_000
+        finally:
+            client.close()
+        assert record_from_hash(h, b.get(h)).held == 5
+
+    run("redis", redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_racing_holds_never_overspend(kind: str, redis_url: str) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="1000")
+        results = await asyncio.gather(
+            *(b.store.spend(h, 30, 0, hold(f"h{i}")) for i in range(100))
+        )
+        admitted = [f"h{i}" for i, r in enumerate(results) if r.outcome == "ok"]
+        assert len(admitted) == 33  # 33 * 30 = 990 <= 1000 < 34 * 30
+        # Every admitted request used exactly what it held or less: never below zero.
+        await b.store.settle(h, [Settlement(i, 30, 29) for i in admitted])
+        assert b.field(h, "remaining") == 1000 - 33 * 29
+        assert b.field(h, "held") == 0
+
+    run(kind, redis_url, body)
