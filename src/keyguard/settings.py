@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 from collections.abc import Mapping
@@ -13,6 +14,9 @@ from urllib.parse import urlsplit, urlunsplit
 from keyguard.errors import SettingsError
 
 STORE_ERROR_MODES = ("deny", "allow", "cached")
+METERING_MODES = ("tokens", "request")
+# auto: the pipelined connection on single-node URLs, redis-py otherwise.
+REDIS_CLIENTS = ("auto", "redis-py", "glide")
 REDIS_SCHEMES = (
     "redis",
     "rediss",
@@ -32,12 +36,25 @@ class Settings:
     # Under heavy metered load, hold Redis commands up to this long to send them
     # in one write (store/pipeline.py); 0 sends every loop iteration's at once.
     redis_linger_ms: float = 1.0
+    redis_client: str = "auto"
     redis_tls_ca: str = ""
     redis_tls_cert: str = ""
     redis_tls_key: str = ""
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     request_cost: int = 1
+    # What a quota counts: "tokens" (credits: tokens times model price, held at Check and
+    # settled from the response) or "request" (request_cost units per request).
+    metering: str = "request"
+    # A hold whose settlement never came (keyguard or Envoy restarted, Envoy gave up on
+    # the Check) is released after this long, charging nothing.
+    hold_ttl: float = 3600.0
+    # Output tokens held for a request that sets no max_tokens and whose price has no
+    # max_output.
+    default_max_output: int = 4096
+    # Deny a metered key's streaming chat request that did not ask for usage
+    # (stream_options.include_usage), instead of charging the documented estimate.
+    require_stream_usage: bool = False
     strip_credentials: bool = True
     xff_trusted_hops: int = 0
     on_store_error: str = "deny"
@@ -158,6 +175,28 @@ def validate_redis_url(name: str, url: str) -> None:
         raise SettingsError(f"{name}: a Sentinel URL needs the master name, e.g. /mymaster/0")
 
 
+def glide_installed() -> bool:
+    return importlib.util.find_spec("glide") is not None
+
+
+def validate_redis_client(client: str, url: str) -> None:
+    name = "KEYGUARD_REDIS_CLIENT"
+    if client not in REDIS_CLIENTS:
+        raise SettingsError(f"{name}={client!r}: expected one of " + ", ".join(REDIS_CLIENTS))
+    if client != "glide":
+        return
+    scheme = url.partition(":")[0]
+    if "sentinel" in scheme or scheme == "unix":
+        raise SettingsError(
+            f"{name}=glide: valkey-glide speaks neither Sentinel nor Unix sockets;"
+            " use redis-py or auto for this KEYGUARD_REDIS_URL"
+        )
+    if not glide_installed():
+        raise SettingsError(
+            f"{name}=glide: valkey-glide is not installed (pip install valkey-glide)"
+        )
+
+
 def _convert(fname: str, label: str, raw: str) -> Any:
     default = getattr(DEFAULTS, fname)
     if isinstance(default, bool):
@@ -224,10 +263,19 @@ def validate(s: Settings) -> None:
         mode = -1
     if not 0 <= mode <= 0o777:
         raise SettingsError(f"KEYGUARD_SOCKET_MODE={s.socket_mode!r}: expected octal such as 660")
+    if s.metering not in METERING_MODES:
+        raise SettingsError(
+            f"KEYGUARD_METERING={s.metering!r}: expected one of " + ", ".join(METERING_MODES)
+        )
+    if s.hold_ttl < 1:
+        raise SettingsError(f"KEYGUARD_HOLD_TTL={s.hold_ttl:g}: must be at least 1 (seconds)")
+    if s.default_max_output < 1:
+        raise SettingsError("KEYGUARD_DEFAULT_MAX_OUTPUT must be greater than 0")
     if s.event_loop not in ("uvloop", "asyncio"):
         raise SettingsError(f"KEYGUARD_EVENT_LOOP={s.event_loop!r}: expected uvloop or asyncio")
     if s.redis_timeout <= 0:
         raise SettingsError("KEYGUARD_REDIS_TIMEOUT must be greater than 0")
+    validate_redis_client(s.redis_client, s.redis_url)
     if s.redis_linger_ms > 50 or s.redis_linger_ms >= s.redis_timeout * 1000:
         raise SettingsError(
             f"KEYGUARD_REDIS_LINGER_MS={s.redis_linger_ms:g}: must be at most 50 and below"

@@ -74,6 +74,18 @@ EXPECTED: dict[Reason, tuple[int, grpc.StatusCode, str, str]] = {
         "permission_error",
         "permission_error",
     ),
+    Reason.MODEL_NOT_PRICED: (
+        403,
+        grpc.StatusCode.PERMISSION_DENIED,
+        "permission_error",
+        "permission_error",
+    ),
+    Reason.STREAM_USAGE_REQUIRED: (
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid_request_error",
+        "invalid_request_error",
+    ),
     Reason.MODEL_REQUIRED: (
         400,
         grpc.StatusCode.INVALID_ARGUMENT,

@@ -32,6 +32,20 @@ class Billing(enum.StrEnum):
     UNMETERED = "unmetered"  # allowed while the store was down: nothing was spent
 
 
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What the settlement of a token-metered request needs, handed to Envoy in the
+    allow's dynamic metadata (namespace envoy.filters.http.ext_authz) and back to
+    keyguard in the access log. Minted by keyguard; a client can send none of it."""
+
+    hold_id: str
+    key_hash: str
+    held: int  # credits held in the store (0: none, e.g. an unlimited key)
+    estimate: int  # credits to charge when the response reports no usage
+    model: str  # the model the request named (priced at settlement)
+    anthropic: bool  # Anthropic usage semantics (input_tokens excludes cached ones)
+
+
 @dataclass(slots=True)
 class Decision:
     reason: Reason
@@ -39,6 +53,8 @@ class Decision:
     billing: Billing | None = None  # set on allows
     spend: SpendResult | None = None  # the metered step's answer, for rate-limit headers
     degraded: bool = False  # allowed by the outage fallback
+    ticket: Ticket | None = None  # token metering: the request's hold, to settle later
+    model: str = ""  # the refused model, named in a model_not_priced denial
 
     @property
     def key_id(self) -> str:
@@ -56,6 +72,7 @@ class NeedsRecord:
 class NeedsSpend:
     facts: RequestFacts
     entry: CacheEntry  # fresh: from the cache within its TTL, or just read
+    ticket: Ticket | None = None  # token metering: the hold to place with the spend
 
 
 Stage = NeedsRecord | NeedsSpend

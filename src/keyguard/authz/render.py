@@ -20,7 +20,7 @@ from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import (
 )
 from keyguard._proto.envoy.type.v3.http_status_pb2 import HttpStatus
 from keyguard._proto.google.rpc.status_pb2 import Status
-from keyguard.authz.decision import Billing, Decision
+from keyguard.authz.decision import Billing, Decision, Ticket
 from keyguard.authz.request import RequestFacts
 from keyguard.policy import SpendResult
 from keyguard.reasons import OUTCOMES, Reason
@@ -140,20 +140,59 @@ def _header_option_wire(name: str, value: str) -> bytes:
 _RL_LIMIT = "x-ratelimit-limit-requests"
 _RL_REMAINING = "x-ratelimit-remaining-requests"
 _RL_RESET = "x-ratelimit-reset-requests"
+_TL_NAMES = (
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
 
 
 def rate_limit_suffix(spend: SpendResult) -> bytes:
     """Serialized ``ok_response`` carrying the x-ratelimit-* response headers."""
-    if spend.rl_limit <= 0:
+    if spend.rl_limit <= 0 and spend.tl_limit <= 0:
         return b""
-    limit, remaining, reset = _rate_limit_values(spend)
-    # OkHttpResponse.response_headers_to_add = 6, CheckResponse.ok_response = 3
-    options = (
-        _limit_option_wire(limit)
-        + _field(6, _header_option_wire(_RL_REMAINING, remaining))
-        + _field(6, _header_option_wire(_RL_RESET, reset))
-    )
+    options = b""
+    if spend.rl_limit > 0:
+        limit, remaining, reset = _rate_limit_values(spend)
+        # OkHttpResponse.response_headers_to_add = 6, CheckResponse.ok_response = 3
+        options = (
+            _limit_option_wire(limit)
+            + _field(6, _header_option_wire(_RL_REMAINING, remaining))
+            + _field(6, _header_option_wire(_RL_RESET, reset))
+        )
+    for name, value in _token_pairs(spend):
+        options += _field(6, _header_option_wire(name, value))
     return _field(3, options)
+
+
+def _token_pairs(spend: SpendResult) -> list[tuple[str, str]]:
+    if spend.tl_limit <= 0:
+        return []
+    values = (
+        str(spend.tl_limit),
+        str(max(spend.tl_remaining, 0)),
+        f"{max(spend.tl_reset_ms, 0) / 1000:.3f}s",
+    )
+    return list(zip(_TL_NAMES, values, strict=True))
+
+
+def _struct_string(key: str, value: str) -> bytes:
+    # Struct.fields (1) map entry {key = 1, value = 2: Value{string_value = 3}}
+    return _field(1, _field(1, key.encode()) + _field(2, _field(3, value.encode())))
+
+
+def ticket_suffix(ticket: Ticket) -> bytes:
+    """Serialized ``dynamic_metadata`` (4) carrying the settlement ticket; protobuf merges
+    its map entries into the memoized allow's metadata (key_id, key_type, billing)."""
+    entries = (
+        _struct_string("hold", ticket.hold_id)
+        + _struct_string("kh", ticket.key_hash)
+        + _struct_string("held", str(ticket.held))
+        + _struct_string("estimate", str(ticket.estimate))
+        + _struct_string("model", ticket.model)
+        + _struct_string("dialect", "anthropic" if ticket.anthropic else "openai")
+    )
+    return _field(4, entries)
 
 
 @functools.lru_cache(maxsize=256)
@@ -170,22 +209,45 @@ def _rate_limit_values(spend: SpendResult) -> tuple[str, str, str]:
 
 
 def _rate_limit_pairs(spend: SpendResult) -> list[tuple[str, str]]:
+    pairs = _token_pairs(spend)
     if spend.rl_limit <= 0:
-        return []
-    return list(zip((_RL_LIMIT, _RL_REMAINING, _RL_RESET), _rate_limit_values(spend), strict=True))
+        return pairs
+    names = (_RL_LIMIT, _RL_REMAINING, _RL_RESET)
+    return [*zip(names, _rate_limit_values(spend), strict=True), *pairs]
 
 
 def rate_limit_headers(spend: SpendResult) -> list[HeaderValueOption]:
     return [header(name, value) for name, value in _rate_limit_pairs(spend)]
 
 
+_TOKENS_MESSAGE = (
+    "Rate limit reached for tokens per minute on this API key. Retry after the time in Retry-After."
+)
+
+
 def rate_limited(spend: SpendResult, anthropic: bool) -> CheckResponse:
     retry_after = max(1, -(-spend.retry_after_ms // 1000))  # ceil, at least 1 s
-    return _denied(
+    response = _denied(
         Reason.RATE_LIMIT_EXCEEDED,
         anthropic,
         [header("retry-after", str(retry_after)), *rate_limit_headers(spend)],
     )
+    if spend.outcome == "tokens_limited":
+        body = json.loads(error_body(Reason.RATE_LIMIT_EXCEEDED, anthropic, _TOKENS_MESSAGE))
+        if not anthropic:
+            body["error"]["type"] = "tokens"  # as OpenAI types a token-limit 429
+        response.denied_response.body = json.dumps(body, separators=(",", ":"))
+    return response
+
+
+def _naming_model(reason: Reason, anthropic: bool, model: str) -> bytes:
+    """A denial whose message names the refused model (JSON-escaped; never the key)."""
+    response = CheckResponse()
+    response.CopyFrom(_DENIALS[(reason, anthropic)])
+    text = OUTCOMES[reason].message.replace("the requested model", f"the model {model!r}")
+    text = text.replace("The requested model", f"The model {model!r}")
+    response.denied_response.body = error_body(reason, anthropic, text)
+    return response.SerializeToString()
 
 
 def allow(
@@ -237,6 +299,9 @@ _ALLOW_UNKNOWN_WIRE: dict[bool, bytes] = {
 }
 
 
+_NAMES_MODEL = frozenset({Reason.MODEL_NOT_ALLOWED, Reason.MODEL_NOT_PRICED})
+
+
 class Renderer:
     """Decisions to wire bytes, with the memo of serialized allows.
 
@@ -257,6 +322,10 @@ class Renderer:
         spend = decision.spend
         if reason is Reason.RATE_LIMIT_EXCEEDED and spend is not None:
             return rate_limited(spend, facts.anthropic).SerializeToString()
+        if reason in _NAMES_MODEL:
+            model = decision.model or facts.model()
+            if model and not model.startswith("\x00"):
+                return _naming_model(reason, facts.anthropic, model)
         return _DENIAL_WIRE[(reason, facts.anthropic)]
 
     def _allow(self, decision: Decision) -> bytes:
@@ -278,6 +347,8 @@ class Renderer:
                 self._memo.clear()
             self._memo[slot] = (record, wire)
         spend = decision.spend
-        if spend is not None and spend.rl_limit:
+        if spend is not None and (spend.rl_limit or spend.tl_limit):
             wire += rate_limit_suffix(spend)
+        if decision.ticket is not None:
+            wire += ticket_suffix(decision.ticket)
         return wire

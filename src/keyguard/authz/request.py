@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from keyguard._proto.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from keyguard.meter.estimate import RequestOptions, request_options
 from keyguard.model import ModelLookup, read_model
 
 # Headers the decision reads. header_map is walked once and only these kept.
@@ -34,6 +35,7 @@ class RequestFacts:
         "_hops",
         "_http",
         "_model",
+        "_options",
         "_path",
         "_request",
         "_xff",
@@ -61,6 +63,7 @@ class RequestFacts:
         self._hops = trusted_hops
         self._path: str | None = None
         self._model: str | None = None
+        self._options: RequestOptions | None = None
 
     @property
     def path(self) -> str:
@@ -80,11 +83,33 @@ class RequestFacts:
     def client_ip(self) -> str | None:
         return _client_ip(self._request, self._xff, self._hops)
 
+    def body(self) -> bytes:
+        """The body Envoy sent: all of it, or a prefix (see ``body_size``)."""
+        http = self._http
+        return http.raw_body or (http.body.encode("utf-8") if http.body else b"")
+
+    @property
+    def body_size(self) -> int:
+        """The whole body's length, also when Envoy sent only a prefix of it."""
+        return max(self._http.size, len(self.body()))
+
+    @property
+    def streams_chat_without_usage(self) -> bool:
+        """A streamed chat completion that did not ask for usage (include_usage)."""
+        if not self.path.endswith("/completions"):
+            return False
+        options = self.options()
+        return options.stream and not options.include_usage
+
+    def options(self) -> RequestOptions:
+        if self._options is None:
+            self._options = request_options(self.body())
+        return self._options
+
     def model(self) -> str:
         if self._model is None:
             http = self._http
-            body = http.raw_body or (http.body.encode("utf-8") if http.body else b"")
-            self._model = read_model(self.path, self.content_type, body, http.method)
+            self._model = read_model(self.path, self.content_type, self.body(), http.method)
         return self._model
 
 

@@ -20,6 +20,7 @@ from keyguard.authz.decision import Decision
 from keyguard.authz.observe import Recorder
 from keyguard.authz.render import Renderer, denial_wire
 from keyguard.authz.request import extract
+from keyguard.meter.pricebook import PriceBook
 from keyguard.reasons import Reason
 from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
@@ -32,9 +33,14 @@ _FAILED_WIRE = denial_wire(Reason.INTERNAL_ERROR, False)
 
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(
-        self, settings: Settings, store: KeyStore, cache: KeyCache, metrics: Metrics
+        self,
+        settings: Settings,
+        store: KeyStore,
+        cache: KeyCache,
+        metrics: Metrics,
+        prices: PriceBook | None = None,
     ) -> None:
-        self.decider = Decider(settings, store, cache, metrics)
+        self.decider = Decider(settings, store, cache, metrics, prices)
         self.renderer = Renderer(settings.strip_credentials, memo_size=4 * settings.cache_size)
         self.recorder = Recorder(metrics, settings.log_allows)
         self.hops = settings.xff_trusted_hops

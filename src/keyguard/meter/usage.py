@@ -91,6 +91,29 @@ def _from_usage_object(usage: Any, anthropic: bool) -> Usage:
     return _openai_responses(usage)
 
 
+def usage_from_fields(fields: dict[str, Any], anthropic: bool) -> Usage | None:
+    """Usage from flat fields as Envoy's json_to_metadata / sse_to_metadata write them
+    (numbers arrive as doubles); None when there are none, or they cannot be read.
+
+    OpenAI chat and embeddings: prompt_tokens (cached inside), completion_tokens,
+    cached_tokens. Responses API: input_tokens (cached inside), output_tokens,
+    cached_tokens. Anthropic: input_tokens (uncached), output_tokens,
+    cache_read_input_tokens, cache_creation_input_tokens.
+    """
+    if not fields:
+        return None
+    try:
+        if "prompt_tokens" in fields:
+            details = {"cached_tokens": fields.get("cached_tokens")}
+            return _openai_chat({**fields, "prompt_tokens_details": details})
+        if anthropic:
+            return _anthropic(fields)
+        details = {"cached_tokens": fields.get("cached_tokens")}
+        return _openai_responses({**fields, "input_tokens_details": details})
+    except _Unreadable:
+        return None
+
+
 def usage_from_json(body: bytes | str, anthropic: bool = False) -> Usage | None:
     """The usage of a whole JSON response, or None when it has none that can be read.
 

@@ -1,4 +1,5 @@
-"""Listen for key changes and drop changed keys from the local cache at once.
+"""Listen for key and price changes: drop changed keys from the local cache at once,
+and reload the price table when it changed.
 
 If the subscription breaks, the cache is flushed when it is re-established:
 events sent meanwhile are lost, and a full flush is the only safe answer.
@@ -12,8 +13,9 @@ import asyncio
 import structlog
 
 from keyguard.authz.cache import KeyCache
+from keyguard.meter.pricebook import PriceBook
 from keyguard.runtime.tasks import BackgroundTask
-from keyguard.store import ALL_KEYS, KeyStore
+from keyguard.store import ALL_KEYS, PRICES_CHANGED, KeyStore
 
 log = structlog.get_logger("keyguard.invalidation")
 
@@ -21,10 +23,17 @@ log = structlog.get_logger("keyguard.invalidation")
 class InvalidationListener(BackgroundTask):
     name = "kg-invalidation"
 
-    def __init__(self, store: KeyStore, cache: KeyCache, retry_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        cache: KeyCache,
+        retry_seconds: float = 0.5,
+        prices: PriceBook | None = None,
+    ) -> None:
         super().__init__()
         self.store = store
         self.cache = cache
+        self.prices = prices
         self.retry_seconds = retry_seconds
         self.connected = asyncio.Event()
 
@@ -37,6 +46,7 @@ class InvalidationListener(BackgroundTask):
                     # Flush on every (re)subscribe: anything published while we
                     # were away was missed.
                     self.cache.clear()
+                    await self._reload_prices()
                     self.connected.set()
                     if not first:
                         log.info("invalidation_resubscribed")
@@ -45,6 +55,8 @@ class InvalidationListener(BackgroundTask):
                     async for key_hash in changes:
                         if key_hash == ALL_KEYS:
                             self.cache.clear()
+                        elif key_hash == PRICES_CHANGED:
+                            await self._reload_prices()
                         else:
                             self.cache.invalidate(key_hash)
             except asyncio.CancelledError:
@@ -56,3 +68,8 @@ class InvalidationListener(BackgroundTask):
                 self.connected.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _reload_prices(self) -> None:
+        if self.prices is not None:
+            await self.prices.reload(self.store)
+            log.info("prices_loaded", models=len(self.prices.table))

@@ -140,6 +140,39 @@ class Metrics:
             registry=registry,
             multiprocess_mode="liveall",
         )
+        # Token metering. The model label takes only patterns of the price table (the
+        # one that priced the request), everything else is "other": never a key.
+        self.tokens = Counter(
+            "keyguard_tokens",
+            "Tokens settled, by priced model and kind (input|cached_input|cache_write|output).",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.credits = Counter(
+            "keyguard_credits_charged",
+            "Credits charged at settlement, by priced model.",
+            ["model"],
+            registry=registry,
+        )
+        self.settlements = Counter(
+            "keyguard_settlements",
+            "Settled requests by outcome (usage|estimate|upstream_error|not_served|duplicate"
+            "|unreadable).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.holds_open = Gauge(
+            "keyguard_holds_open",
+            "Holds placed by this process and not yet settled (expired ones included"
+            " until their settlement would have come).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.holds_expired = Counter(
+            "keyguard_holds_expired",
+            "Holds released unsettled after KEYGUARD_HOLD_TTL (charging nothing).",
+            registry=registry,
+        )
         # Resolve label children once: labels() is a dict lookup plus locking.
         allow = {r: self.decisions.labels("allow", r.value) for r in (Reason.OK,)}
         self.allow_ok = allow[Reason.OK]

@@ -19,7 +19,9 @@ from keyguard import __version__
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from keyguard.authz.cache import KeyCache
 from keyguard.authz.service import AuthorizationService
-from keyguard.errors import StartupError
+from keyguard.errors import StartupError, StoreError
+from keyguard.meter.pricebook import PriceBook
+from keyguard.meter.service import SettlementService, Settler, add_settlement
 from keyguard.runtime import logs
 from keyguard.runtime.health import HealthReporter, HealthServicer
 from keyguard.runtime.invalidation import InvalidationListener
@@ -110,16 +112,20 @@ async def serve(
         settings.negative_cache_size,
         settings.negative_cache_ttl,
     )
-    listener = InvalidationListener(store, cache)
+    prices = PriceBook()
+    listener = InvalidationListener(store, cache, prices=prices)
     flusher = UsageFlusher(store)
+    settler = Settler(store, metrics)
 
     # SO_REUSEPORT only when workers share a port on purpose: otherwise a
     # leftover server would silently take half of the connections.
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 1 if settings.workers > 1 else 0)],
     )
-    service = AuthorizationService(settings, store, cache, metrics)
+    service = AuthorizationService(settings, store, cache, metrics, prices)
     add_authorization(server, service)
+    # Settlement (Envoy's access log) on the same listen addresses as Check.
+    add_settlement(server, SettlementService(settler, prices))
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reporter = HealthReporter(
@@ -127,6 +133,8 @@ async def serve(
     )
 
     await reporter.begin()
+    if settings.metering == "tokens":
+        await _load_prices(prices, store)
     creds = _server_credentials(settings)
     for address in settings.listen:
         _bind(server, address, creds)
@@ -137,6 +145,7 @@ async def serve(
     listener.start()
     reporter.start()
     flusher.start()
+    settler.start()
     log.info("started", version=__version__, pid=os.getpid(), settings=settings.masked())
 
     stop = asyncio.Event()
@@ -157,9 +166,19 @@ async def serve(
     metrics.apply()  # what the last Checks queued
     await listener.stop()
     await flusher.stop()  # and writes what the last Checks counted
+    await settler.stop()  # and what the last access log entries reported
     await store.close()
     log.info("stopped")
     logs.flush()
+
+
+async def _load_prices(prices: PriceBook, store: RedisKeyStore) -> None:
+    """The price table before the first Check. With Redis down it stays empty (so
+    metered keys are denied, never free) until the change feed connects and loads it."""
+    try:
+        await prices.reload(store)
+    except StoreError:
+        log.warning("prices_not_loaded")
 
 
 def run(settings: Settings) -> None:

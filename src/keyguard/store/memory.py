@@ -53,6 +53,7 @@ class MemoryKeyStore:
         self._token_tats: dict[str, float] = {}  # token GCRA state per key hash, ms
         self.holds: dict[str, dict[str, tuple[int, int]]] = {}  # hash → id → (credits, expiry ms)
         self.settled: dict[str, set[str]] = {}
+        self.prices: dict[str, str] = {}  # model pattern → Price JSON, as kg:prices holds
         self._pending_usage: dict[str, int] = {}
         self._feeds: list[asyncio.Queue[str]] = []
         # Test controls and counters.
@@ -220,6 +221,10 @@ class MemoryKeyStore:
             tat = max(self._token_tats.get(key_hash, now_ms), now_ms)
             self._token_tats[key_hash] = tat + math.ceil(tokens * _WINDOW_MS / tpm)
         return out
+
+    async def get_prices(self) -> dict[str, str]:
+        self._check("prices")
+        return dict(self.prices)
 
     def add_usage(self, key_hash: str, units: int) -> None:
         self._pending_usage[key_hash] = self._pending_usage.get(key_hash, 0) + units

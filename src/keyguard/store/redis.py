@@ -22,6 +22,7 @@ from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
 from keyguard.store import (
     EVENTS_CHANNEL,
+    PRICES_KEY,
     Commands,
     Hold,
     Settlement,
@@ -116,6 +117,15 @@ class RedisKeyStore:
             raise self._failed("settle", exc) from exc
         self._took(self._durations["settle"], start)
         return [word.decode() if isinstance(word, bytes) else str(word) for word in out]
+
+    async def get_prices(self) -> dict[str, str]:
+        start = time.perf_counter()
+        try:
+            raw = await self.commands.hgetall(PRICES_KEY)
+        except _FAILURES as exc:
+            raise self._failed("prices", exc) from exc
+        self._took(self._durations["prices"], start)
+        return raw
 
     def add_usage(self, key_hash: str, units: int) -> None:
         """Count usage of an unlimited key locally; flush_usage writes it in batches."""

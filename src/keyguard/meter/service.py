@@ -1,0 +1,216 @@
+"""Settlement: Envoy's gRPC access log in, batched atomic charges out.
+
+``AccessLogService/StreamAccessLogs`` is served on keyguard's own listen addresses,
+beside Check. Envoy batches finished requests into each message; every entry that
+carries keyguard's ticket is assessed (``settle.assess``) and queued, and the
+``Settler`` writes the queue every ``interval`` seconds: one ``settle.lua`` call per
+API key for all of its requests, so a metered request costs a fraction of a Redis
+command after its response. A batch that fails is kept and retried; settle.lua
+remembers settled hold ids, so a retried batch whose first reply was lost charges
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from keyguard._proto.envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
+from keyguard._proto.envoy.service.accesslog.v3 import als_pb2_grpc
+from keyguard._proto.envoy.service.accesslog.v3.als_pb2 import (
+    StreamAccessLogsMessage,
+    StreamAccessLogsResponse,
+)
+from keyguard.errors import StoreError
+from keyguard.meter.pricebook import PriceBook
+from keyguard.meter.settle import (
+    EXT_AUTHZ_NAMESPACE,
+    USAGE_NAMESPACE,
+    Assessed,
+    Outcome,
+    assess,
+)
+from keyguard.runtime.metrics import Metrics
+from keyguard.runtime.tasks import BackgroundTask
+from keyguard.store import KeyStore
+
+log = structlog.get_logger("keyguard.settlement")
+# A queue that cannot be written (Redis down) is bounded: past this many requests the
+# oldest are dropped, logged and counted, instead of growing without end. Their holds
+# then expire, charging nothing.
+MAX_QUEUED = 200_000
+
+
+class Settler(BackgroundTask):
+    name = "kg-settler"
+
+    def __init__(
+        self, store: KeyStore, metrics: Metrics, interval: float = 0.05, retry: float = 0.5
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.metrics = metrics
+        self.interval = interval
+        self.retry = retry
+        self._queue: dict[str, list[Assessed]] = {}
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self.dropped = 0
+
+    def add(self, item: Assessed) -> None:
+        if self._queued >= MAX_QUEUED:
+            self.dropped += 1
+            self.metrics.settlements.labels("dropped").inc()
+            return
+        self._queue.setdefault(item.key_hash, []).append(item)
+        self._queued += 1
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            # Let a batch gather: Envoy's messages and other streams arrive meanwhile.
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+            except StoreError:
+                await asyncio.sleep(self.retry)
+            except Exception as exc:  # a bug must not stop settlement for good
+                log.error("settle_failed", error=type(exc).__name__)
+                await asyncio.sleep(self.retry)
+
+    async def flush(self) -> None:
+        """Write everything queued; what a failed write held goes back to the queue."""
+        if not self._queue:
+            self._wake.clear()
+            return
+        batch, self._queue = self._queue, {}
+        self._queued = 0
+        self._wake.clear()
+        keys = list(batch)
+        results = await asyncio.gather(
+            *(self.store.settle(key, [a.settlement for a in batch[key]]) for key in keys),
+            return_exceptions=True,
+        )
+        failed: BaseException | None = None
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = result
+                for item in batch[key]:
+                    self._requeue(item)
+                continue
+            for item, word in zip(batch[key], result, strict=False):
+                self._record(item, word)
+        if failed is not None:
+            raise failed
+
+    def _requeue(self, item: Assessed) -> None:
+        self._queue.setdefault(item.key_hash, []).append(item)
+        self._queued += 1
+        self._wake.set()
+
+    def _record(self, item: Assessed, word: str) -> None:
+        m = self.metrics
+        if item.settlement.held > 0 and word in ("settled", "unheld"):
+            m.holds_open.dec()
+        if word == "duplicate":
+            m.settlements.labels(Outcome.DUPLICATE.value).inc()
+            return
+        m.settlements.labels(item.outcome.value).inc()
+        usage = item.usage
+        if usage is not None:
+            for kind, count in (
+                ("input", usage.input),
+                ("cached_input", usage.cached_input),
+                ("cache_write", usage.cache_write),
+                ("output", usage.output),
+            ):
+                if count:
+                    m.tokens.labels(item.model_label, kind).inc(count)
+        if item.settlement.charge:
+            m.credits.labels(item.model_label).inc(item.settlement.charge)
+
+    async def stop(self) -> None:
+        await super().stop()
+        try:
+            await self.flush()  # what the last responses reported
+        except Exception as exc:
+            log.error("settle_on_stop_failed", error=type(exc).__name__, pending=self._queued)
+
+
+def _struct(entry: HTTPAccessLogEntry, namespace: str) -> dict[str, Any]:
+    """A metadata namespace's flat string and number values (nested values are skipped)."""
+    metadata = entry.common_properties.metadata.filter_metadata
+    if namespace not in metadata:
+        return {}
+    out: dict[str, Any] = {}
+    for name, value in metadata[namespace].fields.items():
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            out[name] = value.string_value
+        elif kind == "number_value":
+            out[name] = value.number_value
+    return out
+
+
+class SettlementService(als_pb2_grpc.AccessLogServiceServicer):
+    """Envoy's access log stream: every entry with a ticket becomes a settlement."""
+
+    def __init__(self, settler: Settler, prices: PriceBook) -> None:
+        self.settler = settler
+        self.prices = prices
+
+    def take(self, message: StreamAccessLogsMessage) -> int:
+        """Queue the settlements of one message; how many entries carried a ticket."""
+        taken = 0
+        for entry in message.http_logs.log_entry:
+            if entry.common_properties.intermediate_log_entry:
+                continue  # the request has not finished yet
+            ticket = _struct(entry, EXT_AUTHZ_NAMESPACE)
+            if "hold" not in ticket:
+                continue  # not metered by keyguard (denied, unmetered route, ...)
+            code = entry.response.response_code.value
+            item = assess(ticket, _struct(entry, USAGE_NAMESPACE), code, self.prices.table)
+            if item is None:
+                log.warning("settle_unreadable_ticket")
+                continue
+            self.settler.add(item)
+            taken += 1
+        return taken
+
+    async def StreamAccessLogs(
+        self,
+        request_iterator: AsyncIterator[StreamAccessLogsMessage],
+        context: grpc.aio.ServicerContext[StreamAccessLogsMessage, StreamAccessLogsResponse],
+    ) -> StreamAccessLogsResponse:
+        try:
+            async for message in request_iterator:
+                self.take(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken stream; Envoy opens a new one
+            log.warning("access_log_stream_failed", error=type(exc).__name__)
+        return StreamAccessLogsResponse()
+
+
+ACCESS_LOG_SERVICE = "envoy.service.accesslog.v3.AccessLogService"
+
+
+def add_settlement(server: grpc.aio.Server, service: SettlementService) -> None:
+    handler = grpc.stream_unary_rpc_method_handler(
+        service.StreamAccessLogs,
+        request_deserializer=StreamAccessLogsMessage.FromString,
+        response_serializer=StreamAccessLogsResponse.SerializeToString,
+    )
+    # (grpcio >= 1.63; the type stubs do not declare it yet.)
+    server.add_registered_method_handlers(  # type: ignore[attr-defined]
+        ACCESS_LOG_SERVICE, {"StreamAccessLogs": handler}
+    )

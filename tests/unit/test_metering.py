@@ -1,0 +1,319 @@
+"""Token metering over the in-memory store: the hold at Check, the ticket handed to
+Envoy, and settlement from access-log entries. No gRPC server, no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import pytest
+from google.protobuf import struct_pb2
+from prometheus_client import CollectorRegistry
+
+from keyguard._proto.envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
+from keyguard._proto.envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage
+from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+from keyguard.authz.cache import KeyCache
+from keyguard.authz.service import AuthorizationService
+from keyguard.keys import generate_key, generate_key_id, hash_key
+from keyguard.meter.estimate import request_options
+from keyguard.meter.pricebook import PriceBook, parse_table
+from keyguard.meter.service import SettlementService, Settler
+from keyguard.meter.settle import Outcome, assess
+from keyguard.prices import Price
+from keyguard.reasons import Reason
+from keyguard.record import TYPE_STANDARD, new_record_fields
+from keyguard.runtime.metrics import Metrics
+from keyguard.settings import Settings
+from keyguard.store.memory import MemoryKeyStore
+from tests.support.checks import check_request, http_status
+
+T = TypeVar("T")
+# 1 credit per input token, 2 per output token: easy sums.
+PRICE = Price(input=1_000_000, output=2_000_000, cached_input=500_000, cache_write=1_000_000)
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
+
+
+class Meter:
+    def __init__(self, **overrides: Any) -> None:
+        self.settings = replace(Settings(), metering="tokens", **overrides)
+        self.store = MemoryKeyStore()
+        self.store.prices = {"gpt-4o*": PRICE.to_json(), "claude*": PRICE.to_json()}
+        s = self.settings
+        self.cache = KeyCache(s.cache_size, s.cache_ttl, s.negative_cache_size, 1.0)
+        self.metrics = Metrics(CollectorRegistry())
+        self.prices = PriceBook(parse_table(self.store.prices))
+        self.service = AuthorizationService(s, self.store, self.cache, self.metrics, self.prices)
+        self.settler = Settler(self.store, self.metrics)
+        self.settlement = SettlementService(self.settler, self.prices)
+
+    def key(self, **fields: str) -> str:
+        key = generate_key(TYPE_STANDARD)
+        record = new_record_fields(generate_key_id(), TYPE_STANDARD, int(time.time()))
+        self.store.put(hash_key(key), {**record, "unlimited": "0", "remaining": "10000", **fields})
+        return key
+
+    def field(self, key: str, name: str) -> int:
+        return int(self.store.records[hash_key(key)].get(name) or 0)
+
+    async def check(
+        self, key: str, body: dict[str, Any] | None = None, path: str = "/v1/chat/completions"
+    ) -> CheckResponse:
+        payload = json.dumps(body if body is not None else {"model": "gpt-4o", "max_tokens": 100})
+        request = check_request(
+            {"authorization": f"Bearer {key}"}, path=path, body=payload.encode()
+        )
+        _decision, wire = await self.service.answer(request)
+        return CheckResponse.FromString(wire)
+
+
+def ticket_of(response: CheckResponse) -> dict[str, Any]:
+    return {k: v.string_value for k, v in response.dynamic_metadata.fields.items()}
+
+
+def log_entry(
+    ticket: dict[str, Any], usage: dict[str, float] | None, code: int = 200
+) -> HTTPAccessLogEntry:
+    entry = HTTPAccessLogEntry()
+    meta = entry.common_properties.metadata.filter_metadata
+    meta[EXT_AUTHZ].CopyFrom(_struct(ticket))
+    if usage is not None:
+        meta["keyguard.usage"].CopyFrom(_struct(usage))
+    if code:
+        entry.response.response_code.value = code
+    return entry
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+# ----- the hold at Check ----------------------------------------------------------------------
+
+
+def test_a_priced_request_holds_its_estimate_and_hands_a_ticket_to_envoy() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key()
+        body = {"model": "gpt-4o-2024-08-06", "max_tokens": 100, "messages": []}
+        response = await m.check(key, body)
+        assert http_status(response) == 200
+        ticket = ticket_of(response)
+        size = len(json.dumps(body))
+        expected = -(-size // 4) * 1 + 100 * 2  # input at 1, output at 2 credits a token
+        assert ticket["held"] == ticket["estimate"] == str(expected)
+        assert ticket["kh"] == hash_key(key)
+        assert ticket["model"] == "gpt-4o-2024-08-06"
+        assert ticket["key_id"] and ticket["billing"] == "quota"  # the memoized part stays
+        assert m.field(key, "held") == expected
+        assert m.field(key, "remaining") == 10000  # nothing charged yet
+
+    run(go)
+
+
+def test_hold_ids_are_unique_per_request() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key(remaining="1000000")
+        ids = {ticket_of(await m.check(key))["hold"] for _ in range(50)}
+        assert len(ids) == 50
+
+    run(go)
+
+
+def test_a_hold_that_does_not_fit_the_available_balance_is_402() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key(remaining="300")
+        assert http_status(await m.check(key)) == 200  # holds about 200 + input
+        assert http_status(await m.check(key)) == 402  # 300 - held < the next hold
+
+    run(go)
+
+
+def test_an_unpriced_model_is_denied_to_a_metered_key_naming_the_model() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key()
+        response = await m.check(key, {"model": "o1-pro"})
+        assert http_status(response) == 403
+        body = json.loads(response.denied_response.body)
+        assert body["error"]["code"] == Reason.MODEL_NOT_PRICED.value
+        assert "'o1-pro'" in body["error"]["message"]
+        assert key not in response.denied_response.body
+        assert m.field(key, "held") == 0
+
+    run(go)
+
+
+def test_an_unlimited_key_gets_a_ticket_without_a_store_call() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key(unlimited="1")
+        await m.check(key)  # looked up
+        spends = m.store.spends
+        ticket = ticket_of(await m.check(key))
+        assert m.store.spends == spends
+        assert ticket["held"] == "0" and int(ticket["estimate"]) > 0
+
+    run(go)
+
+
+def test_listing_models_is_not_metered() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key()
+        request = check_request({"authorization": f"Bearer {key}"}, path="/v1/models", method="GET")
+        _d, wire = await m.service.answer(request)
+        response = CheckResponse.FromString(wire)
+        assert http_status(response) == 200
+        assert "hold" not in response.dynamic_metadata.fields
+
+    run(go)
+
+
+def test_no_model_means_no_price_model_required() -> None:
+    async def go() -> None:
+        m = Meter()
+        assert http_status(await m.check(m.key(), {"messages": []})) == 400
+
+    run(go)
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "required", "expected"),
+    [
+        ({"model": "gpt-4o", "stream": True}, "/v1/chat/completions", True, 400),
+        ({"model": "gpt-4o", "stream": True}, "/v1/chat/completions", False, 200),
+        (
+            {"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}},
+            "/v1/chat/completions",
+            True,
+            200,
+        ),
+        ({"model": "gpt-4o", "stream": True}, "/v1/responses", True, 200),
+        ({"model": "claude-3", "stream": True, "max_tokens": 5}, "/v1/messages", True, 200),
+    ],
+)
+def test_require_stream_usage(
+    body: dict[str, Any], path: str, required: bool, expected: int
+) -> None:
+    async def go() -> None:
+        m = Meter(require_stream_usage=required)
+        assert http_status(await m.check(m.key(), body, path)) == expected
+
+    run(go)
+
+
+def test_request_options_read_limits_and_streaming() -> None:
+    opts = request_options(b'{"model":"x","max_completion_tokens":77,"stream":true}')
+    assert (opts.max_output, opts.stream, opts.include_usage) == (77, True, False)
+    cut = request_options(b'{"max_tokens": 12, "messages": [{"role": "user", "content": "hel')
+    assert cut.max_output == 12
+    assert request_options(b'{"max_tokens": true}').max_output is None
+    assert request_options(b"garbage").max_output is None
+
+
+# ----- settlement -----------------------------------------------------------------------------
+
+
+def test_settlement_charges_the_usage_and_releases_the_hold() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key()
+        ticket = ticket_of(await m.check(key))
+        usage = {"prompt_tokens": 30.0, "completion_tokens": 10.0, "cached_tokens": 10.0}
+        message = StreamAccessLogsMessage()
+        message.http_logs.log_entry.append(log_entry(ticket, usage))
+        assert m.settlement.take(message) == 1
+        await m.settler.flush()
+        # 20 uncached at 1 + 10 cached at 0.5 + 10 output at 2 = 45 credits
+        assert (m.field(key, "used"), m.field(key, "remaining"), m.field(key, "held")) == (
+            45, 10000 - 45, 0,
+        )  # fmt: skip
+        assert (m.field(key, "tokens_in"), m.field(key, "cached_tokens")) == (20, 10)
+        # Delivered again (a retried batch): nothing more.
+        m.settlement.take(message)
+        await m.settler.flush()
+        assert m.field(key, "used") == 45
+
+    run(go)
+
+
+@pytest.mark.parametrize(
+    ("usage", "code", "charged", "outcome"),
+    [
+        (None, 200, "estimate", Outcome.ESTIMATE),
+        ({"prompt_tokens": -3.0, "completion_tokens": 1.0}, 200, "estimate", Outcome.UNREADABLE),
+        ({"prompt_tokens": 1e30, "completion_tokens": 1.0}, 200, "estimate", Outcome.UNREADABLE),
+        ({"prompt_tokens": 3.0, "completion_tokens": 1.0}, 500, 0, Outcome.UPSTREAM_ERROR),
+        ({"prompt_tokens": 3.0, "completion_tokens": 1.0}, 429, 0, Outcome.UPSTREAM_ERROR),
+        (None, 0, 0, Outcome.NOT_SERVED),
+        ({"prompt_tokens": 3.0, "completion_tokens": 1.5}, 200, "estimate", Outcome.UNREADABLE),
+    ],
+)
+def test_what_each_case_charges(
+    usage: dict[str, float] | None, code: int, charged: int | str, outcome: Outcome
+) -> None:
+    ticket = {"hold": "h1", "kh": "a" * 64, "held": "70", "estimate": "70", "model": "gpt-4o"}
+    result = assess(ticket, usage or {}, code, parse_table({"gpt-4o": PRICE.to_json()}))
+    assert result is not None
+    assert result.outcome is outcome
+    assert result.settlement.charge == (70 if charged == "estimate" else charged)
+    assert result.settlement.charge >= 0
+
+
+def test_anthropic_usage_from_metadata() -> None:
+    ticket = {"hold": "h", "kh": "b" * 64, "held": "0", "estimate": "9", "model": "claude-3",
+              "dialect": "anthropic"}  # fmt: skip
+    usage = {"input_tokens": 10.0, "output_tokens": 5.0, "cache_read_input_tokens": 4.0}
+    result = assess(ticket, usage, 200, parse_table({"claude*": PRICE.to_json()}))
+    assert result is not None
+    assert result.settlement.charge == 10 + 2 + 10
+    assert result.model_label == "claude*"
+
+
+@pytest.mark.parametrize(
+    "ticket",
+    [
+        {},
+        {"hold": "h"},
+        {"hold": "h", "kh": "short", "held": "1", "estimate": "1"},
+        {"hold": "h", "kh": "a" * 64, "held": "-1", "estimate": "1"},
+        {"hold": "h", "kh": "a" * 64, "held": "1", "estimate": "1e3"},
+    ],
+)
+def test_an_unreadable_ticket_settles_nothing(ticket: dict[str, Any]) -> None:
+    assert assess(ticket, {}, 200, parse_table({})) is None
+
+
+def test_a_failed_write_is_kept_and_retried() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key()
+        ticket = ticket_of(await m.check(key))
+        message = StreamAccessLogsMessage()
+        message.http_logs.log_entry.append(
+            log_entry(ticket, {"prompt_tokens": 4.0, "completion_tokens": 1.0})
+        )
+        m.settlement.take(message)
+        m.store.failing = True
+        with pytest.raises(Exception, match="failing"):
+            await m.settler.flush()
+        assert m.settler.queued == 1
+        m.store.failing = False
+        await m.settler.flush()
+        assert m.field(key, "used") == 4 + 2
+        assert m.settler.queued == 0
+
+    run(go)
