@@ -9,7 +9,8 @@
     │                                unreadable record): a Check fails closed (503)    exit 1
     └── KeyringError                 a key change was refused; nothing was changed
         ├── InvalidChange            bad option or combination of options              exit 2
-        └── UnknownKey (LookupError) no key with that id                               exit 1
+        ├── UnknownKey (LookupError) no key with that id                               exit 1
+        └── UnknownPrice (LookupError) no price for that model pattern                 exit 1
 
     BackendError                     inside the store only: what a Redis connection
     ├── ReplyError                   raised (an error reply such as NOSCRIPT) …
@@ -60,6 +61,12 @@ class UnknownKey(KeyringError, LookupError):
     def __init__(self, key_id: str) -> None:
         super().__init__(f"no key with id {key_id!r}")
         self.key_id = key_id
+
+
+class UnknownPrice(KeyringError, LookupError):
+    def __init__(self, pattern: str) -> None:
+        super().__init__(f"no price for model {pattern!r}")
+        self.pattern = pattern
 
 
 class BackendError(Exception):

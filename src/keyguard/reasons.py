@@ -21,6 +21,8 @@ class Reason(enum.StrEnum):
     MODEL_REQUIRED = "model_required"
     MODEL_NOT_PRICED = "model_not_priced"
     STREAM_USAGE_REQUIRED = "stream_usage_required"
+    KEY_TYPE_NOT_ALLOWED = "key_type_not_allowed"
+    ROUTE_CONFIG_INVALID = "route_config_invalid"
     INSUFFICIENT_QUOTA = "insufficient_quota"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
     STORE_UNAVAILABLE = "store_unavailable"
@@ -94,6 +96,13 @@ OUTCOMES: dict[Reason, Outcome] = {
         "permission_error",
         "The requested model has no price, so this metered API key cannot use it.",
     ),
+    Reason.KEY_TYPE_NOT_ALLOWED: Outcome(
+        403,
+        GrpcCode.PERMISSION_DENIED,
+        "permission_error",
+        "permission_error",
+        "This route does not accept this type of API key.",
+    ),
     Reason.STREAM_USAGE_REQUIRED: Outcome(
         400,
         GrpcCode.INVALID_ARGUMENT,
@@ -122,6 +131,13 @@ OUTCOMES: dict[Reason, Outcome] = {
         "server_error",
         "api_error",
         "The API key store is unavailable. Please retry shortly.",
+    ),
+    Reason.ROUTE_CONFIG_INVALID: Outcome(
+        500,
+        GrpcCode.INTERNAL,
+        "server_error",
+        "api_error",
+        "This route's authorization settings are invalid; the operator has been told.",
     ),
     Reason.INTERNAL_ERROR: Outcome(
         500,

@@ -105,6 +105,8 @@ BAD_INPUTS = {
     ),
     "zero topup": (["topup", "kg_000000000000", "0"], 2, "greater than 0"),
     "unknown type": (["create", "--type", "gold"], 2, "invalid choice"),
+    "negative tpm": (["create", "--tpm", "-1"], 2, "negative"),
+    "non-integer tpm": (["set", "kg_000000000000", "--tpm", "2.5"], 2, "not a whole number"),
 }
 
 

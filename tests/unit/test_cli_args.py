@@ -8,11 +8,17 @@ must fail first, with exit 2 and a one-line message.
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 
 from keyguard import cli
+from keyguard.errors import InvalidChange
+from keyguard.keyring.prices import fields_from_text, parse_price_table
+from keyguard.prices import Price
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
@@ -69,6 +75,8 @@ def future_date(days: int = 400) -> str:
         (["--quota", ""], "not a whole number"),
         (["--rpm", "-1"], "negative"),
         (["--rpm", "fast"], "not a whole number"),
+        (["--tpm", "-1"], "negative"),
+        (["--tpm", "1e6"], "not a whole number"),
     ],
 )
 def test_bad_quota_numbers(
@@ -331,3 +339,111 @@ def test_bad_redis_url_is_a_usage_error(
     monkeypatch.setenv("KEYGUARD_REDIS_URL", "http://x")
     line = assert_usage_error(["keys", "list"], capsys)
     assert "KEYGUARD_REDIS_URL" in line
+
+
+def test_tpm_is_parsed_for_create_and_set() -> None:
+    assert parse(["keys", "create", "--tpm", "40000"]).tpm == 40000
+    assert parse(["keys", "set", "kg_000000000000", "--tpm", "0"]).tpm == 0
+    assert parse(["keys", "create"]).tpm is None
+
+
+# ----- prices: bad input fails before Redis is touched -------------------------------------------
+
+PRICE_FILE = """\
+gpt-4o: {input: 2500000, output: 10000000, cached_input: 1250000}
+gpt-4o-mini*: {input: 150000, output: 600000}
+"*": {input: 1000000, output: 1000000, per_request: 10, max_output: 4096}
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["prices", "set", "x", "--input", "-1", "--output", "1"], "input: -1 is negative"),
+        (["prices", "set", "x", "--input", "1", "--output", "0.5"], "not a whole number"),
+        (["prices", "set", "x", "--input", "1", "--output", "1", "--per-request", "-2"], "neg"),
+        (["prices", "set", "x y", "--input", "1", "--output", "1"], "bad model"),
+        (["prices", "set", "x", "--output", "1"], "required: --input"),
+        (["prices", "show", "gpt-4o?"], "bad model"),
+        (["prices", "remove", "**"], "bad model"),
+        (["prices", "import", "/nonexistent.yaml"], "cannot read /nonexistent.yaml"),
+        (["prices", "import"], "required: file"),
+        (["prices"], "required"),
+        (["prices", "frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_price_input_needs_no_redis(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert fragment in assert_usage_error(argv, capsys)
+
+
+def test_bad_price_file_needs_no_redis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "prices.yaml")
+    Path(path).write_text(PRICE_FILE + "bad: {input: 1, output: -1}\n")
+    line = assert_usage_error(["prices", "import", path, "--merge"], capsys)
+    assert line == f"keyguard: error: {path}: bad: output: -1 is negative; use 0 or more"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prices", "list"],
+        ["prices", "show", "*"],
+        ["prices", "remove", "gpt-4o*"],
+        ["prices", "set", "gpt-4o", "--input", "1", "--output", "2", "--json"],
+    ],
+)
+def test_valid_price_command_with_dead_redis_exits_1(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run(argv)
+    _, err = capsys.readouterr()
+    assert code == 1, err
+    assert "Redis failed" in one_line_error(err)
+
+
+def test_price_options_parse_to_field_names() -> None:
+    args = parse(["prices", "set", "*", "--input", "1", "--output", "2", "--cache-write", "3"])
+    assert (args.model, args.input, args.output, args.cache_write) == ("*", "1", "2", "3")
+    assert args.cached_input is None and args.per_request is None and args.max_output is None
+    assert parse(["prices", "import", "p.yaml"]).merge is False
+    assert parse(["prices", "--redis-url", "redis://h:1/0", "list"]).redis_url == "redis://h:1/0"
+
+
+# ----- prices: reading options and files (keyguard.keyring.prices) ------------------------------
+
+
+def test_fields_from_text_keeps_what_is_not_a_number_for_the_core_to_refuse() -> None:
+    fields = fields_from_text({"input": "10", "output": " 20 ", "cached_input": None, "x": "1.5"})
+    assert fields == {"input": 10, "output": 20, "x": "1.5"}
+
+
+def test_a_price_file_in_yaml_and_json_reads_the_same() -> None:
+    from_yaml = parse_price_table(PRICE_FILE)
+    from_json = parse_price_table(json.dumps(yaml.safe_load(PRICE_FILE)), as_json=True)
+    assert from_yaml == from_json
+    assert from_yaml == {
+        "gpt-4o": Price(2500000, 10000000, 1250000, 2500000),
+        "gpt-4o-mini*": Price(150000, 600000, 150000, 150000),
+        "*": Price(1000000, 1000000, 1000000, 1000000, per_request=10, max_output=4096),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("a: {input: 1, output: 1}\na: {input: 2, output: 2}\n", "line 2: 'a' is given twice"),
+        ("*: {input: 1, output: 1}", 'write the default price as "*"'),
+        ("a: {input: 1, output: 1, max_output: null, extra: 1}", "a: unknown field 'extra'"),
+        ("a: [1, 2]", "a: expected a mapping of fields"),
+        ("? [a, b]\n: {input: 1, output: 1}\n", "bad model"),
+        ("null", "got an empty file"),
+        ("a: {input: 1, output: 1}\n\tb: 1\n", "not valid YAML"),
+    ],
+)
+def test_bad_price_files(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidChange) as caught:
+        parse_price_table(text)
+    message = str(caught.value)
+    assert fragment in message and "\n" not in message

@@ -86,6 +86,18 @@ EXPECTED: dict[Reason, tuple[int, grpc.StatusCode, str, str]] = {
         "invalid_request_error",
         "invalid_request_error",
     ),
+    Reason.KEY_TYPE_NOT_ALLOWED: (
+        403,
+        grpc.StatusCode.PERMISSION_DENIED,
+        "permission_error",
+        "permission_error",
+    ),
+    Reason.ROUTE_CONFIG_INVALID: (
+        500,
+        grpc.StatusCode.INTERNAL,
+        "server_error",
+        "api_error",
+    ),
     Reason.MODEL_REQUIRED: (
         400,
         grpc.StatusCode.INVALID_ARGUMENT,

@@ -23,6 +23,7 @@ from keyguard.authz.cache import CacheEntry, KeyCache
 from keyguard.authz.decision import Billing, Decision, NeedsRecord, NeedsSpend, Stage, Ticket
 from keyguard.authz.identify import Identifier
 from keyguard.authz.request import RequestFacts
+from keyguard.authz.route import DEFAULT as DEFAULT_ROUTE
 from keyguard.errors import StoreError
 from keyguard.meter.estimate import hold_for
 from keyguard.meter.pricebook import PriceBook
@@ -121,7 +122,7 @@ class Decider:
         ticket = stage.ticket
         try:
             if ticket is None:
-                spend = await self.store.spend(record.key_hash, self.cost, record.rpm)
+                spend = await self.store.spend(record.key_hash, stage.cost, record.rpm)
             else:
                 hold = Hold(ticket.hold_id, self.hold_ttl_ms, record.tpm)
                 spend = await self.store.spend(record.key_hash, ticket.held, record.rpm, hold)
@@ -135,12 +136,32 @@ class Decider:
         reason = _judge_record(record, facts)
         if reason is not None:
             return Decision(reason, record)
+        route = facts.route
+        if route is not DEFAULT_ROUTE:
+            if route.error:
+                return Decision(Reason.ROUTE_CONFIG_INVALID, record)
+            if route.key_types is not None and record.type not in route.key_types:
+                return Decision(Reason.KEY_TYPE_NOT_ALLOWED, record)
+            meter = route.meter
+            if meter == "tokens" or (meter is None and self.tokens):
+                return self._ticket(facts, entry)
+            cost = self.cost if meter is None or route.cost is None else route.cost
+            if meter == "off":
+                cost = 0
+            return self._request_units(facts, entry, cost)
         if self.tokens:
             return self._ticket(facts, entry)
-        if record.metered and (self.cost > 0 or record.rpm > 0):
-            return NeedsSpend(facts, entry)
-        if self.cost > 0:
-            self.store.add_usage(record.key_hash, self.cost)
+        return self._request_units(facts, entry, self.cost)
+
+    def _request_units(
+        self, facts: RequestFacts, entry: CacheEntry, cost: int
+    ) -> Decision | NeedsSpend:
+        """Request metering: ``cost`` units per request, spent at Check."""
+        record = entry.record
+        if record.metered and (cost > 0 or record.rpm > 0):
+            return NeedsSpend(facts, entry, cost=cost)
+        if cost > 0:
+            self.store.add_usage(record.key_hash, cost)
         return Decision(Reason.OK, record, Billing.UNLIMITED)
 
     def _ticket(self, facts: RequestFacts, entry: CacheEntry) -> Decision | NeedsSpend:
@@ -153,7 +174,7 @@ class Decider:
         model = facts.model()
         if model == ModelLookup.NOT_APPLICABLE:
             if record.rpm > 0 or record.tpm > 0:
-                return NeedsSpend(facts, entry, None)
+                return NeedsSpend(facts, entry, None, cost=0)
             return Decision(Reason.OK, record, _billing(record))
         if model in (ModelLookup.NONE, ModelLookup.AMBIGUOUS):
             return Decision(Reason.MODEL_REQUIRED, record)

@@ -73,6 +73,7 @@ class NeedsSpend:
     facts: RequestFacts
     entry: CacheEntry  # fresh: from the cache within its TTL, or just read
     ticket: Ticket | None = None  # token metering: the hold to place with the spend
+    cost: int = 0  # request metering: the units to spend (without a ticket)
 
 
 Stage = NeedsRecord | NeedsSpend

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from keyguard._proto.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from keyguard.authz.route import RouteSettings, route_settings
 from keyguard.meter.estimate import RequestOptions, request_options
 from keyguard.model import ModelLookup, read_model
 
@@ -38,6 +39,7 @@ class RequestFacts:
         "_options",
         "_path",
         "_request",
+        "_route",
         "_xff",
         "content_type",
         "credential",
@@ -64,6 +66,7 @@ class RequestFacts:
         self._path: str | None = None
         self._model: str | None = None
         self._options: RequestOptions | None = None
+        self._route: RouteSettings | None = None
 
     @property
     def path(self) -> str:
@@ -76,8 +79,17 @@ class RequestFacts:
         return self._http.method
 
     @property
+    def route(self) -> RouteSettings:
+        """The route's keyguard.* settings from Envoy's context_extensions."""
+        if self._route is None:
+            self._route = route_settings(self._request.attributes.context_extensions)
+        return self._route
+
+    @property
     def anthropic(self) -> bool:
-        return self.path.endswith("/messages")
+        """Anthropic's error shape: paths ending in /messages, unless the route says."""
+        dialect = self.route.anthropic
+        return self.path.endswith("/messages") if dialect is None else dialect
 
     @property
     def client_ip(self) -> str | None:

@@ -1,7 +1,8 @@
-"""The `keyguard` command: `serve`, `health`, and `keys …` for operators.
+"""The `keyguard` command: `serve`, `health`, `keys …` and `prices …` for operators.
 
 A thin layer: ``argtypes`` validates every argument before anything is touched,
-``keys`` calls the key-management core (``keyguard.keyring``), ``render`` prints.
+``keys`` and ``prices`` call the management core (``keyguard.keyring``), ``render``
+prints.
 Bad input gets a one-line error and a non-zero exit, and changes nothing.
 """
 
@@ -17,6 +18,7 @@ import redis.exceptions
 
 from keyguard import __version__
 from keyguard.cli.keys import add_keys_parser
+from keyguard.cli.prices import add_prices_parser
 from keyguard.cli.serve import add_serve_parsers
 from keyguard.errors import EXIT_RUNTIME, EXIT_USAGE, KeyguardError
 from keyguard.settings import Settings, mask_url
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_serve_parsers(sub)
     add_keys_parser(sub, _Parser)
+    add_prices_parser(sub, _Parser)
     return parser
 
 

@@ -34,6 +34,7 @@ def _change(args: argparse.Namespace) -> KeyChange:
         expires=args.expires,
         payg=args.payg,
         rpm=args.rpm,
+        tpm=args.tpm,
     )
 
 
@@ -121,6 +122,7 @@ def _key_options(parser: argparse.ArgumentParser, creating: bool) -> None:
     parser.add_argument(
         "--rpm", type=argtypes.nonneg_int, help="requests per minute (0 = no limit)"
     )
+    parser.add_argument("--tpm", type=argtypes.nonneg_int, help="tokens per minute (0 = no limit)")
 
 
 def add_keys_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:

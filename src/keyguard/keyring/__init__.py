@@ -44,6 +44,7 @@ class KeyChange:
     expires: str | None = None  # epoch seconds; "" = never
     payg: bool | None = None
     rpm: int | None = None
+    tpm: int | None = None  # tokens per minute; 0 = no limit
 
     @property
     def empty(self) -> bool:
@@ -88,6 +89,13 @@ def describe(record: KeyRecord) -> dict[str, Any]:
         "payg": record.payg,
         "payg_used": record.payg_used,
         "rpm": record.rpm or None,
+        "tpm": record.tpm or None,
+        # Metering: credits held by requests still open, and the tokens settled.
+        # ``remaining`` may be negative when settled usage overshot it: shown as is.
+        "held": record.held,
+        "tokens_in": record.tokens_in,
+        "tokens_out": record.tokens_out,
+        "cached_tokens": record.cached_tokens,
     }
     if record.type == TYPE_SUBSCRIPTION:
         out["cycle"] = format_seconds(record.cycle_seconds)
@@ -117,6 +125,8 @@ def _fields(change: KeyChange, key_type: str, creating: bool) -> dict[str, str]:
         fields["payg"] = "1" if change.payg else "0"
     if change.rpm is not None:
         fields["rpm"] = str(change.rpm)
+    if change.tpm is not None:
+        fields["tpm"] = str(change.tpm)
     if change.unlimited:
         if key_type == TYPE_SUBSCRIPTION:
             raise InvalidChange(

@@ -7,7 +7,16 @@ from __future__ import annotations
 from typing import Any, cast
 
 from keyguard.errors import KeyringError, UnknownKey
-from keyguard.store import EVENTS_CHANNEL, IDS_SET, id_key, ratelimit_key, record_key
+from keyguard.store import (
+    EVENTS_CHANNEL,
+    IDS_SET,
+    holds_key,
+    id_key,
+    ratelimit_key,
+    record_key,
+    settled_key,
+    tpm_key,
+)
 from keyguard.store.connect import SyncClient
 from keyguard.store.scripts import HSET_EXISTING, TOPUP
 
@@ -60,8 +69,11 @@ class RedisKeys:
             args: list[Any] = [item for pair in fields.items() for item in pair]
             if not self._hset_existing(keys=[record_key(key_hash)], args=args):
                 raise UnknownKey(key_id)
+            # A new limit starts from a clean window.
             if "rpm" in fields:
                 self.client.delete(ratelimit_key(key_hash))
+            if "tpm" in fields:
+                self.client.delete(tpm_key(key_hash))
             self._publish(key_hash)
         return self.get(key_id)[1]
 
@@ -74,7 +86,14 @@ class RedisKeys:
 
     def revoke(self, key_id: str) -> None:
         key_hash = self.hash_of(key_id)
-        self.client.delete(record_key(key_hash), ratelimit_key(key_hash))
+        # Every key of one API key shares its hash tag: one DEL, one slot.
+        self.client.delete(
+            record_key(key_hash),
+            ratelimit_key(key_hash),
+            tpm_key(key_hash),
+            holds_key(key_hash),
+            settled_key(key_hash),
+        )
         self.client.delete(id_key(key_id))
         self.client.srem(IDS_SET, key_id)
         self._publish(key_hash)
