@@ -215,3 +215,27 @@ def test_racing_holds_never_overspend(kind: str, redis_url: str) -> None:
         assert b.field(h, "held") == 0
 
     run(kind, redis_url, body)
+
+
+def test_keys_show_counts_only_live_holds(redis_url: str) -> None:
+    from keyguard.keyring import Keyring
+    from keyguard.store import id_key
+
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="1000")
+        key_id = b.get(h)["id"]
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            client.set(id_key(key_id), h)
+            keyring = Keyring(client)
+            await b.store.spend(h, 300, 0, hold("long"))
+            await b.store.spend(h, 200, 0, hold("short", ttl_ms=50))
+            assert keyring.show(key_id)["held"] == 500
+            await asyncio.sleep(0.08)
+            # The record still says 500 until the key's next request; show says what is live.
+            assert b.field(h, "held") == 500
+            assert keyring.show(key_id)["held"] == 300
+        finally:
+            client.close()
+
+    run("redis", redis_url, body)

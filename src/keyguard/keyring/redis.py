@@ -4,6 +4,7 @@ keyguard process drops its cached copy at once."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 from keyguard.errors import KeyringError, UnknownKey
@@ -52,7 +53,16 @@ class RedisKeys:
         raw = cast(dict[str, str], self.client.hgetall(record_key(key_hash)))
         if not raw:
             raise UnknownKey(key_id)
+        if raw.get("held", "0") not in ("", "0"):
+            raw["held"] = str(self._live_held(key_hash))
         return key_hash, raw
+
+    def _live_held(self, key_hash: str) -> int:
+        """What open holds hold now: the record's ``held`` less holds that expired since
+        the key's last request (the spend script releases those on the next one)."""
+        now_ms = int(time.time() * 1000)
+        members = cast(list[str], self.client.zrangebyscore(holds_key(key_hash), now_ms, "+inf"))
+        return sum(int(member.rpartition(":")[2] or 0) for member in members)
 
     def list(self) -> list[tuple[str, dict[str, str]]]:
         out = []
