@@ -116,7 +116,7 @@ OUTCOMES: dict[Reason, Outcome] = {
         GrpcCode.RESOURCE_EXHAUSTED,
         "insufficient_quota",
         "billing_error",
-        "The balance of this API key is used up.",
+        "This API key's quota is used up: its balance cannot cover the request.",
     ),
     Reason.RATE_LIMIT_EXCEEDED: Outcome(
         429,

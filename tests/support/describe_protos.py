@@ -18,6 +18,8 @@ MODULES = {
     "keyguard": [
         "keyguard._proto.envoy.service.auth.v3.external_auth_pb2",
         "keyguard._proto.envoy.service.auth.v3.attribute_context_pb2",
+        "keyguard._proto.envoy.service.accesslog.v3.als_pb2",
+        "keyguard._proto.envoy.data.accesslog.v3.accesslog_pb2",
         "keyguard._proto.envoy.config.core.v3.base_pb2",
         "keyguard._proto.envoy.config.core.v3.address_pb2",
         "keyguard._proto.envoy.type.v3.http_status_pb2",
@@ -26,6 +28,8 @@ MODULES = {
     "xds": [
         "envoy.service.auth.v3.external_auth_pb2",
         "envoy.service.auth.v3.attribute_context_pb2",
+        "envoy.service.accesslog.v3.als_pb2",
+        "envoy.data.accesslog.v3.accesslog_pb2",
         "envoy.config.core.v3.base_pb2",
         "envoy.config.core.v3.address_pb2",
         "envoy.type.v3.http_status_pb2",
@@ -75,7 +79,13 @@ def main() -> None:
             service, _, method = full.rpartition(".")
             svc = pool.FindServiceByName(service)
             m = svc.FindMethodByName(method)
-            out[name] = {"input": m.input_type.full_name, "output": m.output_type.full_name}
+            out[name] = {
+                "input": m.input_type.full_name,
+                "output": m.output_type.full_name,
+                # StreamAccessLogs is client streaming: a unary stub would not match Envoy's.
+                "client_streaming": m.client_streaming,
+                "server_streaming": m.server_streaming,
+            }
     print(json.dumps(out))
 
 

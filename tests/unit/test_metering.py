@@ -273,6 +273,34 @@ def test_what_each_case_charges(
     assert result.settlement.charge >= 0
 
 
+def test_a_chat_stream_without_usage_is_charged_the_estimate() -> None:
+    # Envoy still writes the chunks' "object" (a string): that is not unreadable usage.
+    ticket = {"hold": "h", "kh": "c" * 64, "held": "70", "estimate": "70", "model": "gpt-4o"}
+    fields = {"object": "chat.completion.chunk"}
+    result = assess(ticket, fields, 200, parse_table({"gpt-4o": PRICE.to_json()}))
+    assert result is not None
+    assert (result.outcome, result.settlement.charge) == (Outcome.ESTIMATE, 70)
+
+
+@pytest.mark.parametrize(
+    ("last_event", "outcome", "charge"),
+    [
+        ("message_stop", Outcome.USAGE, 25 + 2 * 40),
+        ("message_delta", Outcome.USAGE, 25 + 2 * 40),
+        ("content_block_delta", Outcome.UNFINISHED, 500),  # cut: at least the estimate
+    ],
+)
+def test_a_cut_anthropic_stream_is_charged_at_least_the_estimate(
+    last_event: str, outcome: Outcome, charge: int
+) -> None:
+    ticket = {"hold": "h", "kh": "d" * 64, "held": "500", "estimate": "500", "model": "claude-3",
+              "dialect": "anthropic"}  # fmt: skip
+    fields = {"input_tokens": 25.0, "output_tokens": 40.0, "type": last_event}
+    result = assess(ticket, fields, 200, parse_table({"claude*": PRICE.to_json()}))
+    assert result is not None
+    assert (result.outcome, result.settlement.charge) == (outcome, charge)
+
+
 def test_anthropic_usage_from_metadata() -> None:
     ticket = {"hold": "h", "kh": "b" * 64, "held": "0", "estimate": "9", "model": "claude-3",
               "dialect": "anthropic"}  # fmt: skip

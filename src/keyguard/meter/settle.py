@@ -10,7 +10,9 @@ the request                              charged
 completed, usage reported                the exact cost of the reported usage
 ended without usage (stream without      the estimate held at Check (never more)
 include_usage), or usage unreadable
-client disconnected mid-stream           what the upstream reported, else the estimate
+client disconnected mid-stream           what the upstream reported, else the estimate;
+                                         an Anthropic stream cut before its final
+                                         message_delta: at least the estimate
 upstream answered 4xx or 5xx             nothing; the hold is released
 never answered (response code 0)         nothing; the hold is released
 no settlement at all                     nothing; the hold expires (KEYGUARD_HOLD_TTL)
@@ -38,6 +40,7 @@ class Outcome(enum.StrEnum):
     USAGE = "usage"  # charged the reported usage
     ESTIMATE = "estimate"  # no usage reported: charged the estimate
     UNREADABLE = "unreadable"  # usage reported but unreadable: charged the estimate
+    UNFINISHED = "unfinished"  # a stream cut before its final usage: at least the estimate
     UPSTREAM_ERROR = "upstream_error"  # 4xx/5xx: nothing charged
     NOT_SERVED = "not_served"  # no response at all: nothing charged
     DUPLICATE = "duplicate"  # settled before: nothing charged again
@@ -62,6 +65,27 @@ def _credits(meta: Mapping[str, Any], name: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
+# Token fields Envoy may write (envoy/envoy.yaml); "object" and "type" are strings that
+# say which API answered and, for a stream, which event came last.
+TOKEN_FIELDS = frozenset(
+    {
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    }
+)
+# An Anthropic stream whose last event is one of these was cut before its final
+# message_delta: the output it reported (message_start's placeholder, or a count
+# from the middle) is not what the upstream generated.
+_ANTHROPIC_UNFINISHED = frozenset(
+    {"message_start", "content_block_start", "content_block_delta", "content_block_stop", "ping"}
+)
+
+
 def assess(
     ticket: Mapping[str, Any],
     usage_fields: Mapping[str, Any],
@@ -82,12 +106,17 @@ def assess(
     elif response_code >= 400:
         outcome, charge = Outcome.UPSTREAM_ERROR, 0
     else:
-        usage = usage_from_fields(dict(usage_fields), _text(ticket, "dialect") == "anthropic")
+        tokens = {k: v for k, v in usage_fields.items() if k in TOKEN_FIELDS}
+        anthropic = _text(ticket, "dialect") == "anthropic"
+        usage = usage_from_fields(tokens, anthropic)
         if usage is not None:
             outcome = Outcome.USAGE
             charge = cost(usage, matched[1]) if matched is not None else 0
+            if anthropic and _text(usage_fields, "type") in _ANTHROPIC_UNFINISHED:
+                # Cut mid-stream: at least the estimate, as for a stream without usage.
+                outcome, charge = Outcome.UNFINISHED, max(charge, estimate)
         else:
-            outcome = Outcome.UNREADABLE if usage_fields else Outcome.ESTIMATE
+            outcome = Outcome.UNREADABLE if tokens else Outcome.ESTIMATE
             charge = estimate
     settlement = Settlement(
         hold_id=hold_id,
