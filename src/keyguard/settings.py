@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 from collections.abc import Mapping
@@ -15,8 +14,6 @@ from keyguard.errors import SettingsError
 
 STORE_ERROR_MODES = ("deny", "allow", "cached")
 METERING_MODES = ("tokens", "request")
-# auto: the pipelined connection on single-node URLs, redis-py otherwise.
-REDIS_CLIENTS = ("auto", "redis-py", "glide")
 REDIS_SCHEMES = (
     "redis",
     "rediss",
@@ -36,7 +33,6 @@ class Settings:
     # Under heavy metered load, hold Redis commands up to this long to send them
     # in one write (store/pipeline.py); 0 sends every loop iteration's at once.
     redis_linger_ms: float = 1.0
-    redis_client: str = "auto"
     redis_tls_ca: str = ""
     redis_tls_cert: str = ""
     redis_tls_key: str = ""
@@ -175,28 +171,6 @@ def validate_redis_url(name: str, url: str) -> None:
         raise SettingsError(f"{name}: a Sentinel URL needs the master name, e.g. /mymaster/0")
 
 
-def glide_installed() -> bool:
-    return importlib.util.find_spec("glide") is not None
-
-
-def validate_redis_client(client: str, url: str) -> None:
-    name = "KEYGUARD_REDIS_CLIENT"
-    if client not in REDIS_CLIENTS:
-        raise SettingsError(f"{name}={client!r}: expected one of " + ", ".join(REDIS_CLIENTS))
-    if client != "glide":
-        return
-    scheme = url.partition(":")[0]
-    if "sentinel" in scheme or scheme == "unix":
-        raise SettingsError(
-            f"{name}=glide: valkey-glide speaks neither Sentinel nor Unix sockets;"
-            " use redis-py or auto for this KEYGUARD_REDIS_URL"
-        )
-    if not glide_installed():
-        raise SettingsError(
-            f"{name}=glide: valkey-glide is not installed (pip install valkey-glide)"
-        )
-
-
 def _convert(fname: str, label: str, raw: str) -> Any:
     default = getattr(DEFAULTS, fname)
     if isinstance(default, bool):
@@ -275,7 +249,6 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"KEYGUARD_EVENT_LOOP={s.event_loop!r}: expected uvloop or asyncio")
     if s.redis_timeout <= 0:
         raise SettingsError("KEYGUARD_REDIS_TIMEOUT must be greater than 0")
-    validate_redis_client(s.redis_client, s.redis_url)
     if s.redis_linger_ms > 50 or s.redis_linger_ms >= s.redis_timeout * 1000:
         raise SettingsError(
             f"KEYGUARD_REDIS_LINGER_MS={s.redis_linger_ms:g}: must be at most 50 and below"

@@ -239,3 +239,25 @@ def test_keys_show_counts_only_live_holds(redis_url: str) -> None:
             client.close()
 
     run("redis", redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+@pytest.mark.parametrize("rpm", [7000, 90_000])
+def test_a_burst_admits_the_whole_rpm(kind: str, redis_url: str, rpm: int) -> None:
+    # The GCRA state was rounded up to whole milliseconds on every allow, so each
+    # request used at least 1 ms of the minute: rpm 7000 admitted about 6,667 at once
+    # and any rpm above 60,000 was capped at 60,000.
+    async def body(b: Backend) -> None:
+        h = b.key(unlimited="1")
+        allowed = 0
+        began = time.monotonic()
+        for start in range(0, rpm + 50, 500):
+            batch = await asyncio.gather(
+                *(b.store.spend(h, 0, rpm) for _ in range(min(500, rpm + 50 - start)))
+            )
+            allowed += sum(r.outcome == "ok" for r in batch)
+        # The burst is rpm; the time the loop takes refills a few more.
+        refill = (time.monotonic() - began) * rpm / 60
+        assert rpm <= allowed <= rpm + refill + 1
+
+    run(kind, redis_url, body)

@@ -1,6 +1,6 @@
-"""The implementations of ``Commands``: redis-py for every topology, the
-auto-pipelining connection for the hot path on a single node, and (optional)
-valkey-glide in ``store.glide``."""
+"""The implementations of ``Commands``: redis-py for every topology, and the
+auto-pipelining connection for the hot path on a single node. (valkey-glide was
+measured in their place and cost more CPU per Check: README, Benchmarks.)"""
 
 from __future__ import annotations
 
@@ -106,15 +106,10 @@ class PipelinedCommands:
 
 
 def make_commands(settings: Settings) -> Commands:
-    """The client for these settings (``KEYGUARD_REDIS_CLIENT``). ``auto``: the
-    pipelined connection on single-node URLs, redis-py on Cluster and Sentinel."""
-    if settings.redis_client == "glide":
-        # Imported here: valkey-glide is optional, and loads a Rust library.
-        from keyguard.store.glide import GlideCommands
-
-        return GlideCommands(settings)
+    """The client for these settings: the pipelined connection on single-node URLs,
+    redis-py on Cluster and Sentinel."""
     slow = RedisPyCommands(async_client(settings))
-    if settings.redis_client == "auto" and parse_target(settings.redis_url).mode == "single":
+    if parse_target(settings.redis_url).mode == "single":
         return PipelinedCommands(PipelinedRedis(settings), slow)
     return slow
 

@@ -49,7 +49,7 @@ class MemoryKeyStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock  # seconds, as Redis TIME
         self.records: dict[str, dict[str, str]] = {}
-        self._tats: dict[str, float] = {}  # GCRA state per key hash, ms
+        self._tats: dict[str, float] = {}  # GCRA state per key hash, µs
         self._token_tats: dict[str, float] = {}  # token GCRA state per key hash, ms
         self.holds: dict[str, dict[str, tuple[int, int]]] = {}  # hash → id → (credits, expiry ms)
         self.settled: dict[str, set[str]] = {}
@@ -132,21 +132,22 @@ class MemoryKeyStore:
                 )
         rl = (0, 0, 0)
         new_tat: float | None = None
-        if rpm > 0:
-            interval = _WINDOW_MS / rpm
-            tat = max(self._tats.get(key_hash, now_ms), now_ms)
+        now_us = math.floor(self.clock() * 1_000_000)
+        if rpm > 0:  # GCRA in microseconds, as in spend.lua
+            interval = _WINDOW_MS * 1000 / rpm
+            tat = max(self._tats.get(key_hash, now_us), now_us)
             new_tat = tat + interval
-            allow_at = new_tat - _WINDOW_MS
-            if now_ms < allow_at:
-                reset = math.ceil(tat - now_ms)
-                retry = math.ceil(allow_at - now_ms)
+            allow_at = new_tat - _WINDOW_MS * 1000
+            if now_us < allow_at:
+                reset = math.ceil((tat - now_us) / 1000)
+                retry = math.ceil((allow_at - now_us) / 1000)
                 return SpendResult(
                     "rate_limited", remaining, rpm, 0, reset, retry, held, *tl, len(expired)
                 )
             rl = (
                 rpm,
-                math.floor((_WINDOW_MS - (new_tat - now_ms)) / interval),
-                math.ceil(new_tat - now_ms),
+                math.floor((_WINDOW_MS * 1000 - (new_tat - now_us)) / interval),
+                math.ceil((new_tat - now_us) / 1000),
             )
         outcome = "ok"
         if hold is not None:

@@ -78,21 +78,24 @@ if tpm > 0 then
 end
 
 -- GCRA with a burst of one minute's allowance: at most rpm requests at once,
--- then one every 60/rpm seconds. The state is only written when allowed.
+-- then one every 60/rpm seconds. The state is only written when allowed. It is kept
+-- in microseconds: rounded to whole milliseconds, every allow would use at least 1 ms
+-- of the minute (capping any rpm at 60,000, and 7,000 at 6,667).
 local rl_limit, rl_remaining, rl_reset, new_tat = 0, 0, 0, nil
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if rpm > 0 then
-  local interval = 60000 / rpm
-  local tat = tonumber(redis.call('GET', KEYS[2])) or now_ms
-  if tat < now_ms then tat = now_ms end
+  local interval = 60000000 / rpm
+  local tat = tonumber(redis.call('GET', KEYS[2])) or now_us
+  if tat < now_us then tat = now_us end
   new_tat = tat + interval
-  local allow_at = new_tat - 60000
-  if now_ms < allow_at then
-    local reset = math.ceil(tat - now_ms)
-    return reply('rate_limited', remaining, rpm, 0, reset, math.ceil(allow_at - now_ms))
+  local allow_at = new_tat - 60000000
+  if now_us < allow_at then
+    local reset = math.ceil((tat - now_us) / 1000)
+    return reply('rate_limited', remaining, rpm, 0, reset, math.ceil((allow_at - now_us) / 1000))
   end
   rl_limit = rpm
-  rl_remaining = math.floor((60000 - (new_tat - now_ms)) / interval)
-  rl_reset = math.ceil(new_tat - now_ms)
+  rl_remaining = math.floor((60000000 - (new_tat - now_us)) / interval)
+  rl_reset = math.ceil((new_tat - now_us) / 1000)
 end
 
 local outcome = 'ok'
@@ -127,7 +130,7 @@ end
 
 if new_tat then
   redis.call('SET', KEYS[2], string.format('%d', math.ceil(new_tat)), 'PX',
-    math.ceil(new_tat - now_ms) + 1000)
+    math.ceil((new_tat - now_us) / 1000) + 1000)
 end
 if unlimited then remaining = -1 end
 return reply(outcome, remaining, rl_limit, rl_remaining, rl_reset, 0)
