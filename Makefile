@@ -16,12 +16,12 @@ protos: $(STAMP)
 	$(BIN)/python tools/genprotos.py src
 
 fmt: $(STAMP)
-	$(BIN)/ruff format src tests tools bench
-	$(BIN)/ruff check --fix src tests tools bench
+	$(BIN)/ruff format src tests tools bench harness
+	$(BIN)/ruff check --fix src tests tools bench harness
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check src tests tools bench
-	$(BIN)/ruff check src tests tools bench
+	$(BIN)/ruff format --check src tests tools bench harness
+	$(BIN)/ruff check src tests tools bench harness
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from bench import report
-from bench.runner import Plan, Progress, Run
+from bench.plan import Plan, Progress
+from bench.run import Run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOOLS = ("h2load", "wrk", "redis-server")

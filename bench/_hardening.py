@@ -1,9 +1,7 @@
 """Shared machinery for the hardening runs (bench.faults, bench.soak and their tests).
 
-* `running_stack`: redis-server (optionally persistent: AOF, fsync always, so a SIGKILLed
-  Redis comes back with the same keys on the same port), the demo upstream, `keyguard
-  serve` and a real Envoy rendered from envoy/envoy.yaml; every process is stopped by pid
-  when the block ends, whatever happened inside it.
+The stack they drive is harness.stack.running_stack (persistent Redis for the faults).
+
 * `open_loop`: a fixed-schedule (open-loop) HTTP driver on asyncio with a lean HTTP/1.1
   client. Request i is due at t0 + i/rate whether or not earlier ones have answered; it
   is bounded in time (duration), count (rate x duration) and concurrency (max_inflight: a
@@ -23,14 +21,9 @@ import contextlib
 import json
 import math
 import os
-import secrets
-import string
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,14 +32,6 @@ from urllib.parse import urlsplit
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.checks import create_key, keys_cli
-from tests.support.envoy import DEFAULT_CONFIG, EnvoyProcess, http_get, render_config
-from tests.support.procs import KeyguardServer, RedisServer, free_port
-from tests.support.upstream import DemoUpstream
-
-# Every acknowledged write is on disk before the reply: a SIGKILLed Redis loses nothing
-# it has confirmed, like a production Redis with AOF (or a replica promoted in its place).
-PERSISTENT_REDIS_ARGS = ["--appendonly", "yes", "--appendfsync", "always"]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CHAT_BODY = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
@@ -54,144 +39,6 @@ CHAT_BODY = json.dumps(
 MESSAGES_BODY = json.dumps(
     {"model": "claude-3-5-haiku", "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}
 ).encode()
-
-
-def random_key(prefix: str = "sk-") -> str:
-    """A well-formed key that no store holds."""
-    alphabet = string.ascii_letters + string.digits
-    return prefix + "".join(secrets.choice(alphabet) for _ in range(40))
-
-
-# ----- the stack ---------------------------------------------------------------------------
-
-
-class NodelayUpstream(DemoUpstream):
-    """The demo upstream with TCP_NODELAY (see bench/_upstream_nodelay.py for why)."""
-
-    def start(self, timeout: float = 15.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench._upstream_nodelay", "--port", str(self.port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-
-def health_status(target: str, timeout: float = 1.0) -> str:
-    """keyguard's gRPC health (SERVING, NOT_SERVING) or the RPC error code name."""
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.RpcError as exc:
-            return str(exc.code().name)
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-
-
-def wait_serving(target: str, timeout: float = 20.0) -> float:
-    """Block until keyguard reports SERVING; returns the seconds it took."""
-    start = time.monotonic()
-    while (status := health_status(target)) != "SERVING":
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"keyguard at {target} not SERVING after {timeout}s: {status}")
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
-@dataclass
-class Stack:
-    redis: RedisServer
-    keyguard: KeyguardServer
-    upstream: DemoUpstream
-    envoy: EnvoyProcess
-
-    @property
-    def base_url(self) -> str:
-        return self.envoy.base_url
-
-    @property
-    def keyguard_pid(self) -> int:
-        assert self.keyguard.proc is not None, "keyguard is not running"
-        return self.keyguard.proc.pid
-
-    def keyguard_alive(self) -> bool:
-        return self.keyguard.proc is not None and self.keyguard.proc.poll() is None
-
-    def kill_keyguard(self) -> None:
-        """SIGKILL our keyguard child (no drain, no flush), like an OOM kill."""
-        proc = self.keyguard.proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=5)
-        self.keyguard.proc = None
-
-    def restart_keyguard(self) -> None:
-        """Start keyguard again on the same port; returns once the port accepts."""
-        self.keyguard.start(wait=True)
-
-    def metrics_text(self) -> str:
-        status, body = http_get(f"http://127.0.0.1:{self.keyguard.metrics_port}/metrics")
-        assert status == 200, status
-        return body.decode()
-
-    def envoy_stats_text(self) -> str:
-        status, body = http_get(f"{self.envoy.admin_url}/stats")
-        assert status == 200, status
-        return body.decode()
-
-    def create_key(self, *options: str) -> tuple[str, str]:
-        """`keyguard keys create --json OPTIONS` → (public id, raw key)."""
-        info = create_key(self.redis.url, *options)
-        return str(info["id"]), str(info["key"])
-
-    def keys(self, *args: str) -> str:
-        code, out = keys_cli(self.redis.url, *args)
-        if code != 0:
-            raise RuntimeError(f"keyguard keys {args[:1]} failed with {code}")
-        return out
-
-    def show(self, key_id: str) -> dict[str, Any]:
-        return dict(json.loads(self.keys("show", key_id, "--json")))
-
-
-@contextlib.contextmanager
-def running_stack(
-    keyguard_env: Mapping[str, str] | None = None,
-    *,
-    persistent_redis: bool = True,
-    nodelay_upstream: bool = True,
-) -> Iterator[Stack]:
-    """The four processes on free loopback ports; all stopped when the block ends."""
-    with contextlib.ExitStack() as cleanup:
-        redis = RedisServer(PERSISTENT_REDIS_ARGS if persistent_redis else None)
-        cleanup.callback(redis.close)
-        redis.start()
-        upstream = NodelayUpstream() if nodelay_upstream else DemoUpstream()
-        cleanup.callback(upstream.stop)
-        upstream.start()
-        keyguard = KeyguardServer(redis.url, keyguard_env)
-        cleanup.callback(keyguard.close)
-        keyguard.start()
-        wait_serving(keyguard.target)
-        tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="kg-hard-")))
-        listen_port, admin_port = free_port(), free_port()
-        config = render_config(
-            DEFAULT_CONFIG,
-            tmp,
-            listen_port=listen_port,
-            admin_port=admin_port,
-            upstream_port=upstream.port,
-            keyguard_port=keyguard.port,
-        )
-        envoy = EnvoyProcess(config, listen_port=listen_port, admin_port=admin_port)
-        cleanup.callback(envoy.close)
-        envoy.start()
-        yield Stack(redis, keyguard, upstream, envoy)
 
 
 # ----- the open-loop driver ----------------------------------------------------------------
@@ -584,13 +431,6 @@ def thread_count(pid: int) -> int:
         if line.startswith("Threads:"):
             return int(line.split()[1])
     raise RuntimeError(f"no Threads for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def fd_count(pid: int) -> int:

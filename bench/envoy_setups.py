@@ -1,7 +1,7 @@
 """The Envoy configs under test, all derived from the deployed envoy/*.yaml.
 
 Every setup is the documented config with its addresses moved to loopback test ports
-(tests.support.envoy.rewrite_config) and one change: the catch-all route answers with
+(harness.envoy.rewrite_config) and one change: the catch-all route answers with
 `direct_response`, so the upstream is never the bottleneck and is never contacted. The
 HTTP filters still run before the router: ext_authz checks every request first.
 
@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from bench.system import envoy_binary
-from tests.support.envoy import DEFAULT_CONFIG, UNIX_CONFIG, rewrite_config
-from tests.support.procs import free_port
+from harness.envoy import rewrite_config, validate_config, write_config
+from harness.net import free_port
+from harness.paths import DEFAULT_CONFIG, UNIX_CONFIG
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 API_KEY_AUTH = "envoy.filters.http.api_key_auth"
@@ -133,8 +133,7 @@ def render_setups(
             if kind == "api":
                 hcm["http_filters"].insert(index, api_key_auth_filter(api_keys))
                 checks_with = "api_key_auth"
-        path = out_dir / f"envoy-{name}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        path = write_config(doc, out_dir / f"envoy-{name}.yaml")
         setups.append(EnvoySetup(name, label, path, listen_port, admin_port, checks_with))
     return setups
 
@@ -151,23 +150,14 @@ def capture_config(out_dir: Path, capture_port: int) -> tuple[Path, int, int]:
         keyguard_port=capture_port,
     )
     _direct_response_catch_all(_hcm(doc))
-    path = out_dir / "envoy-capture.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path, listen_port, admin_port
+    return write_config(doc, out_dir / "envoy-capture.yaml"), listen_port, admin_port
 
 
 def validate_all(paths: list[Path]) -> None:
     """`envoy --mode validate` on every config, in parallel; raises on the first failure."""
 
     def one(path: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
-        proc = subprocess.run(
-            [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        return path, proc
+        return path, validate_config(path, timeout=120)
 
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
         for path, proc in pool.map(one, paths):

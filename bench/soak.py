@@ -33,20 +33,19 @@ from bench._hardening import (
     RESULTS_DIR,
     Sample,
     Shot,
-    Stack,
     chat_shot,
-    cpu_seconds,
     fd_count,
     machine_note,
     messages_shot,
     open_loop,
     percentile,
-    random_key,
     rss_kib,
-    running_stack,
     thread_count,
     write_json,
 )
+from bench.system import cpu_seconds
+from harness.cli import random_key
+from harness.stack import Stack, running_stack
 
 GROWTH_LIMIT = 0.10  # the full run's bar: < 10% growth from minute 2 to the end
 BASELINE_AT = 120.0  # "minute 2"
@@ -184,7 +183,7 @@ def run_soak(
         baseline_at = BASELINE_AT if duration > BASELINE_AT + 2 * sample_every else duration * 0.2
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     machine_before = machine_note()
-    with running_stack(persistent_redis=False) as stack:
+    with running_stack() as stack:
         traffic = make_traffic(stack)
         pid = stack.keyguard_pid
         recorder = SoakRecorder(pid, last_cpu=(0.0, cpu_seconds(pid)))

@@ -9,10 +9,12 @@ import re
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.envoy import envoy_binary
+from harness.process import children
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -22,17 +24,6 @@ def _stat_fields(pid: int) -> list[str]:
     text = Path(f"/proc/{pid}/stat").read_text()
     # The command name is in parentheses and may contain spaces.
     return text[text.rindex(")") + 2 :].split()
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of a process (e.g. the workers of `keyguard serve --workers 2`)."""
-    found: list[int] = []
-    task_dir = Path(f"/proc/{pid}/task")
-    with contextlib.suppress(OSError):
-        for task in task_dir.iterdir():
-            text = (task / "children").read_text().split()
-            found.extend(int(c) for c in text)
-    return sorted(set(found))
 
 
 def cpu_seconds(pid: int, include_children: bool = False) -> float:
@@ -124,10 +115,6 @@ def _first_line(cmd: list[str]) -> str:
         return f"unknown ({type(exc).__name__})"
     text = (out.stdout or out.stderr).strip()
     return text.splitlines()[0].strip() if text else "unknown"
-
-
-def envoy_binary() -> Path:
-    return Path(sys.executable).parent / "envoy"
 
 
 def cpu_model() -> str:

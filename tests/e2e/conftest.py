@@ -1,46 +1,30 @@
 """The whole stack for end-to-end tests: redis-server, keyguard, demo upstream, real Envoy.
 
-`running_stack()` starts the four processes on free loopback ports and stops all of them,
-even when a test fails. Modules take it through a module-scoped fixture so each module
-pays the start-up once.
+`running_http_stack()` starts the four processes (harness.stack) on free loopback ports,
+with an HTTP client on Envoy, and stops all of them even when a test fails. Modules take
+it through a module-scoped fixture so each module pays the start-up once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import secrets
-import shutil
-import string
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from harness.cli import run_cli
+from harness.paths import DEFAULT_CONFIG
+from harness.stack import Stack, running_stack
 from tests.support.contract import ANTHROPIC_TYPES
-from tests.support.envoy import DEFAULT_CONFIG, EnvoyProcess, running_envoy
-from tests.support.procs import (
-    KeyguardServer,
-    RedisServer,
-    run_cli,
-    running_keyguard,
-    running_redis,
-)
-from tests.support.upstream import DemoUpstream, running_upstream
 
 ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
-
-
-def random_key(prefix: str = "sk-") -> str:
-    """A well-formed key that no store holds."""
-    alphabet = string.ascii_letters + string.digits
-    return prefix + "".join(secrets.choice(alphabet) for _ in range(40))
 
 
 @dataclass(frozen=True, repr=False)
@@ -94,16 +78,10 @@ def assert_denied(resp: httpx.Response, status: int, reason: str, *, anthropic: 
 
 
 @dataclass
-class Stack:
-    redis: RedisServer
-    keyguard: KeyguardServer
-    upstream: DemoUpstream
-    envoy: EnvoyProcess
-    http: httpx.Client
+class HttpStack(Stack):
+    """The harness's Stack with an HTTP client on Envoy and the tests' helpers."""
 
-    @property
-    def base_url(self) -> str:
-        return self.envoy.base_url
+    http: httpx.Client
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, redis_url=self.redis.url)
@@ -176,76 +154,26 @@ class Stack:
             time.sleep(0.1)
 
 
-def wait_serving(keyguard: KeyguardServer, target: str | None = None, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = run_cli(
-            "health", "--target", target or keyguard.target, redis_url=keyguard.redis_url
-        )
-        if result.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"keyguard not SERVING after {timeout}s:\n{keyguard.logs()[-3000:]}")
-        time.sleep(0.1)
-
-
 @contextlib.contextmanager
-def running_stack(
-    *, keyguard_env: Mapping[str, str] | None = None, config: Path = DEFAULT_CONFIG
-) -> Iterator[Stack]:
-    with contextlib.ExitStack() as stack:
-        redis = stack.enter_context(running_redis())
-        upstream = stack.enter_context(running_upstream())
-        keyguard = stack.enter_context(running_keyguard(redis.url, keyguard_env))
-        wait_serving(keyguard)
-        envoy = stack.enter_context(
-            running_envoy(upstream_port=upstream.port, keyguard_port=keyguard.port, source=config)
-        )
-        http = stack.enter_context(
-            httpx.Client(base_url=envoy.base_url, trust_env=False, timeout=10.0)
-        )
-        yield Stack(redis, keyguard, upstream, envoy, http)
-
-
-@contextlib.contextmanager
-def running_socket_stack(
-    config: Path, *, workers: int = 1, envoy_concurrency: int = 1
-) -> Iterator[Stack]:
-    """The stack with Envoy reaching keyguard on a Unix socket (keyguard also listens on
-    TCP, which KeyguardServer waits for, showing both are served at once)."""
-    # A short path: Unix socket paths are limited to about 100 bytes.
-    sock_dir = Path(tempfile.mkdtemp(prefix="kg-"))
-    socket_path = str(sock_dir / "kg.sock")
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, sock_dir, ignore_errors=True)
-        redis = stack.enter_context(running_redis())
-        upstream = stack.enter_context(running_upstream())
-        keyguard = KeyguardServer(redis.url)
-        stack.callback(keyguard.close)
-        keyguard.extra_env["KEYGUARD_LISTEN"] = f"{keyguard.target},unix:{socket_path}"
-        if workers > 1:
-            keyguard.extra_env["KEYGUARD_WORKERS"] = str(workers)
-        keyguard.start()
-        if workers > 1:
-            for i in range(workers):
-                wait_serving(keyguard, target=f"unix:{socket_path}.{i}")
-        else:
-            wait_serving(keyguard, target=f"unix:{socket_path}")
-        envoy = stack.enter_context(
-            running_envoy(
-                upstream_port=upstream.port,
-                keyguard_socket=socket_path,
-                source=config,
-                concurrency=envoy_concurrency,
-            )
-        )
-        http = stack.enter_context(
-            httpx.Client(base_url=envoy.base_url, trust_env=False, timeout=10.0)
-        )
-        yield Stack(redis, keyguard, upstream, envoy, http)
+def running_http_stack(
+    config: Path = DEFAULT_CONFIG,
+    *,
+    keyguard_env: Mapping[str, str] | None = None,
+    envoy_concurrency: int = 1,
+) -> Iterator[HttpStack]:
+    """harness.stack.running_stack on `config` (a Unix socket config makes Envoy reach
+    keyguard on a socket; keyguard serves loopback TCP as well), plus an HTTP client."""
+    with (
+        running_stack(
+            config, keyguard_env=keyguard_env, envoy_concurrency=envoy_concurrency
+        ) as base,
+        httpx.Client(base_url=base.base_url, trust_env=False, timeout=10.0) as http,
+    ):
+        parts = {f.name: getattr(base, f.name) for f in fields(base)}
+        yield HttpStack(**parts, http=http)
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with running_stack() as running:
+def stack() -> Iterator[HttpStack]:
+    with running_http_stack() as running:
         yield running

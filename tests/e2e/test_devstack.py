@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.envoy import DEFAULT_CONFIG, MULTIWORKER_CONFIG, UNIX_CONFIG, render_config
-from tests.support.procs import REPO, free_port
+from harness.paths import DEFAULT_CONFIG, MULTIWORKER_CONFIG, REPO, UNIX_CONFIG
+from harness.stack import render_free
 
 DEVSTACK = REPO / "tools" / "devstack.py"
 RAW_KEY = re.compile(r"sk-(?:sub-)?[A-Za-z0-9]{32,}")
@@ -51,15 +51,7 @@ def run_devstack_check(config: Path, timeout: float = 120) -> subprocess.Complet
     ids=["tcp", "unix", "multiworker"],
 )
 def test_devstack_check_passes(source: Path, tmp_path: Path) -> None:
-    config = render_config(
-        source,
-        tmp_path,
-        listen_port=free_port(),
-        admin_port=free_port(),
-        upstream_port=free_port(),
-        keyguard_port=free_port(),
-        keyguard_socket=str(tmp_path / "kg.sock"),
-    )
+    config = render_free(source, tmp_path)
     result = run_devstack_check(config)
     # Only the deliberately unknown demo key may appear in full.
     leaked = {k for k in RAW_KEY.findall(result.stdout) if set(k[3:]) != {"0"}}

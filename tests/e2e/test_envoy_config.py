@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.envoy import ENVOY_DIR, render_config, validate_config
+from harness.envoy import render_config, validate_config
+from harness.paths import ENVOY_DIR
 
 CONFIGS = sorted(ENVOY_DIR.glob("*.yaml"))
 EXT_AUTHZ = "envoy.filters.http.ext_authz"

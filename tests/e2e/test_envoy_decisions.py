@@ -14,14 +14,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from harness.cli import random_key
 from tests.e2e.conftest import (
     ANTHROPIC_VERSION,
-    Stack,
+    HttpStack,
     assert_denied,
     chat_body,
     echo_headers,
     messages_body,
-    random_key,
 )
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,7 @@ MODELS = "gpt-4o-mini,claude-3-5-haiku,whisper-1,gemini-1.5-flash"
 # --------------------------------------------------------------------------- allow
 
 
-def test_openai_allow_strips_bearer_and_adds_identity(stack: Stack) -> None:
+def test_openai_allow_strips_bearer_and_adds_identity(stack: HttpStack) -> None:
     key = stack.key("--name", "e2e-openai", "--quota", "100")
     assert key.type == "standard"
     resp = stack.chat(key)
@@ -46,7 +46,7 @@ def test_openai_allow_strips_bearer_and_adds_identity(stack: Stack) -> None:
     assert "x-keyguard-reason" not in resp.headers
 
 
-def test_anthropic_allow_strips_x_api_key(stack: Stack) -> None:
+def test_anthropic_allow_strips_x_api_key(stack: HttpStack) -> None:
     key = stack.key("--type", "subscription", "--quota", "100", "--cycle", "30d")
     assert key.type == "subscription"
     sub_prefix = key.key.startswith("sk-sub-")  # not in the assert: pytest would show the key
@@ -61,7 +61,7 @@ def test_anthropic_allow_strips_x_api_key(stack: Stack) -> None:
     assert seen["anthropic-version"] == "2023-06-01"
 
 
-def test_client_cannot_forge_keyguard_headers(stack: Stack) -> None:
+def test_client_cannot_forge_keyguard_headers(stack: HttpStack) -> None:
     key = stack.key("--quota", "100")
     forged = {
         "x-keyguard-key-id": "kg_forged",
@@ -76,7 +76,7 @@ def test_client_cannot_forge_keyguard_headers(stack: Stack) -> None:
     assert seen.get("x-keyguard-billing") != "payg"
 
 
-def test_bearer_wins_over_x_api_key(stack: Stack) -> None:
+def test_bearer_wins_over_x_api_key(stack: HttpStack) -> None:
     good = stack.key("--quota", "100")
     resp = stack.post("/v1/chat/completions", chat_body(), bearer=good.key, api_key=random_key())
     assert resp.status_code == 200, resp.text
@@ -91,7 +91,7 @@ def test_bearer_wins_over_x_api_key(stack: Stack) -> None:
     assert_denied(resp, 401, "invalid_api_key", anthropic=False)
 
 
-def test_payg_kicks_in_when_quota_is_used_up(stack: Stack) -> None:
+def test_payg_kicks_in_when_quota_is_used_up(stack: HttpStack) -> None:
     key = stack.key("--quota", "1", "--payg")
     first = stack.chat(key)
     assert first.status_code == 200, first.text
@@ -101,7 +101,7 @@ def test_payg_kicks_in_when_quota_is_used_up(stack: Stack) -> None:
     assert echo_headers(second)["x-keyguard-billing"] == "payg"
 
 
-def test_quota_is_spent_then_402_then_topup(stack: Stack) -> None:
+def test_quota_is_spent_then_402_then_topup(stack: HttpStack) -> None:
     key = stack.key("--quota", "2")
     assert [stack.chat(key).status_code for _ in range(2)] == [200, 200]
     with stack.unreached():
@@ -114,12 +114,12 @@ def test_quota_is_spent_then_402_then_topup(stack: Stack) -> None:
     assert resp.status_code == 200, resp.text
 
 
-def test_unlimited_key(stack: Stack) -> None:
+def test_unlimited_key(stack: HttpStack) -> None:
     key = stack.key("--unlimited")
     assert [stack.chat(key).status_code for _ in range(5)] == [200] * 5
 
 
-def test_rate_limit_headers_and_429(stack: Stack) -> None:
+def test_rate_limit_headers_and_429(stack: HttpStack) -> None:
     key = stack.key("--unlimited", "--rpm", "2")
     first = stack.chat(key)
     assert first.status_code == 200, first.text
@@ -136,13 +136,13 @@ def test_rate_limit_headers_and_429(stack: Stack) -> None:
         assert int(resp.headers["retry-after"]) >= 1
 
 
-def test_unlimited_key_without_rpm_gets_no_rate_limit_headers(stack: Stack) -> None:
+def test_unlimited_key_without_rpm_gets_no_rate_limit_headers(stack: HttpStack) -> None:
     resp = stack.chat(stack.key("--unlimited"))
     assert resp.status_code == 200
     assert not any(h.startswith("x-ratelimit-") for h in resp.headers)
 
 
-def test_models_list_checks_the_key(stack: Stack) -> None:
+def test_models_list_checks_the_key(stack: HttpStack) -> None:
     key = stack.key("--quota", "100")
     resp = stack.http.get("/v1/models", headers={"authorization": f"Bearer {key.key}"})
     assert resp.status_code == 200, resp.text
@@ -153,13 +153,13 @@ def test_models_list_checks_the_key(stack: Stack) -> None:
     assert_denied(resp, 401, "missing_api_key", anthropic=False)
 
 
-def test_models_list_needs_no_model_for_a_key_with_a_model_list(stack: Stack) -> None:
+def test_models_list_needs_no_model_for_a_key_with_a_model_list(stack: HttpStack) -> None:
     key = stack.key("--quota", "100", "--models", MODELS)
     resp = stack.http.get("/v1/models", headers={"authorization": f"Bearer {key.key}"})
     assert resp.status_code == 200, resp.text
 
 
-def test_healthz_needs_no_key_and_skips_keyguard(stack: Stack) -> None:
+def test_healthz_needs_no_key_and_skips_keyguard(stack: HttpStack) -> None:
     before = stack.envoy.stats("ext_authz")
     with stack.unreached():
         resp = stack.http.get("/healthz")
@@ -169,7 +169,7 @@ def test_healthz_needs_no_key_and_skips_keyguard(stack: Stack) -> None:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl command (h2c client)")
-def test_h2c_prior_knowledge(stack: Stack) -> None:
+def test_h2c_prior_knowledge(stack: HttpStack) -> None:
     key = stack.key("--quota", "100")
     # The key goes to curl on stdin (-K -), never on its command line.
     config = "\n".join(
@@ -197,7 +197,7 @@ def test_h2c_prior_knowledge(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("anthropic", [False, True], ids=["openai", "anthropic"])
-def test_missing_key(stack: Stack, anthropic: bool) -> None:
+def test_missing_key(stack: HttpStack, anthropic: bool) -> None:
     with stack.unreached():
         resp = stack.message(None) if anthropic else stack.chat(None)
     assert_denied(resp, 401, "missing_api_key", anthropic=anthropic)
@@ -212,19 +212,19 @@ def test_missing_key(stack: Stack, anthropic: bool) -> None:
         pytest.param(random_key("sk-sub-"), id="unknown-subscription"),
     ],
 )
-def test_invalid_key(stack: Stack, raw: str) -> None:
+def test_invalid_key(stack: HttpStack, raw: str) -> None:
     with stack.unreached():
         resp = stack.chat(raw)
     assert_denied(resp, 401, "invalid_api_key", anthropic=False)
 
 
-def test_invalid_key_anthropic_shape(stack: Stack) -> None:
+def test_invalid_key_anthropic_shape(stack: HttpStack) -> None:
     with stack.unreached():
         resp = stack.message(random_key())
     assert_denied(resp, 401, "invalid_api_key", anthropic=True)
 
 
-def test_not_a_bearer_scheme(stack: Stack) -> None:
+def test_not_a_bearer_scheme(stack: HttpStack) -> None:
     key = stack.key("--quota", "100")
     with stack.unreached():
         resp = stack.post(
@@ -234,7 +234,7 @@ def test_not_a_bearer_scheme(stack: Stack) -> None:
     assert resp.headers["x-keyguard-reason"] in ("invalid_api_key", "missing_api_key")
 
 
-def test_disabled_key(stack: Stack) -> None:
+def test_disabled_key(stack: HttpStack) -> None:
     key = stack.key("--quota", "100")
     stack.admin("disable", key.id)
     with stack.unreached():
@@ -242,7 +242,7 @@ def test_disabled_key(stack: Stack) -> None:
         assert_denied(stack.message(key), 401, "key_disabled", anthropic=True)
 
 
-def test_disable_and_enable_take_effect_on_a_key_in_use(stack: Stack) -> None:
+def test_disable_and_enable_take_effect_on_a_key_in_use(stack: HttpStack) -> None:
     key = stack.key("--quota", "100")
     assert stack.chat(key).status_code == 200  # now in keyguard's cache
     stack.admin("disable", key.id)
@@ -252,7 +252,7 @@ def test_disable_and_enable_take_effect_on_a_key_in_use(stack: Stack) -> None:
     assert stack.eventually(lambda: stack.chat(key), 200).status_code == 200
 
 
-def test_revoked_key(stack: Stack) -> None:
+def test_revoked_key(stack: HttpStack) -> None:
     key = stack.key("--quota", "100")
     assert stack.chat(key).status_code == 200
     stack.admin("revoke", key.id)
@@ -261,7 +261,7 @@ def test_revoked_key(stack: Stack) -> None:
     assert resp.headers["x-keyguard-reason"] in ("invalid_api_key", "key_disabled")
 
 
-def test_expired_key(stack: Stack) -> None:
+def test_expired_key(stack: HttpStack) -> None:
     # The CLI refuses a date in the past, so the key expires a second after creation.
     key = stack.key("--quota", "100", "--expires", "+1s")
     resp = stack.eventually(lambda: stack.chat(key), 401)
@@ -274,14 +274,14 @@ def test_expired_key(stack: Stack) -> None:
 # --------------------------------------------------------------------------- deny: IP
 
 
-def test_ip_not_allowed(stack: Stack) -> None:
+def test_ip_not_allowed(stack: HttpStack) -> None:
     key = stack.key("--quota", "100", "--allowed-ips", "10.0.0.0/8")
     with stack.unreached():
         assert_denied(stack.chat(key), 403, "ip_not_allowed", anthropic=False)
         assert_denied(stack.message(key), 403, "ip_not_allowed", anthropic=True)
 
 
-def test_x_forwarded_for_cannot_spoof_an_allowed_ip(stack: Stack) -> None:
+def test_x_forwarded_for_cannot_spoof_an_allowed_ip(stack: HttpStack) -> None:
     # Envoy trusts the TCP peer (use_remote_address), so a forged XFF changes nothing.
     key = stack.key("--quota", "100", "--allowed-ips", "10.0.0.0/8")
     with stack.unreached():
@@ -294,7 +294,7 @@ def test_x_forwarded_for_cannot_spoof_an_allowed_ip(stack: Stack) -> None:
     assert_denied(resp, 403, "ip_not_allowed", anthropic=False)
 
 
-def test_allowed_ip(stack: Stack) -> None:
+def test_allowed_ip(stack: HttpStack) -> None:
     key = stack.key("--quota", "100", "--allowed-ips", "192.0.2.0/24,127.0.0.1")
     resp = stack.chat(key)
     assert resp.status_code == 200, resp.text
@@ -304,7 +304,7 @@ def test_allowed_ip(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("anthropic", [False, True], ids=["openai", "anthropic"])
-def test_model_not_allowed(stack: Stack, anthropic: bool) -> None:
+def test_model_not_allowed(stack: HttpStack, anthropic: bool) -> None:
     key = stack.key("--quota", "100", "--models", MODELS)
     with stack.unreached():
         resp = stack.message(key, "claude-3-opus") if anthropic else stack.chat(key, "gpt-4o")
@@ -312,19 +312,19 @@ def test_model_not_allowed(stack: Stack, anthropic: bool) -> None:
 
 
 @pytest.mark.parametrize("anthropic", [False, True], ids=["openai", "anthropic"])
-def test_model_required(stack: Stack, anthropic: bool) -> None:
+def test_model_required(stack: HttpStack, anthropic: bool) -> None:
     key = stack.key("--quota", "100", "--models", MODELS)
     with stack.unreached():
         resp = stack.message(key, None) if anthropic else stack.chat(key, None)
     assert_denied(resp, 400, "model_required", anthropic=anthropic)
 
 
-def test_key_without_model_list_needs_no_model(stack: Stack) -> None:
+def test_key_without_model_list_needs_no_model(stack: HttpStack) -> None:
     resp = stack.chat(stack.key("--quota", "100"), None)
     assert resp.status_code == 200, resp.text
 
 
-def test_anthropic_shape_follows_the_path_not_the_header(stack: Stack) -> None:
+def test_anthropic_shape_follows_the_path_not_the_header(stack: HttpStack) -> None:
     # /v1/messages with a query string is still Anthropic; a Bearer key doesn't change it.
     with stack.unreached():
         resp = stack.post("/v1/messages?beta=true", messages_body(), headers=ANTHROPIC_VERSION)
@@ -334,7 +334,7 @@ def test_anthropic_shape_follows_the_path_not_the_header(stack: Stack) -> None:
     assert_denied(resp, 401, "invalid_api_key", anthropic=True)
 
 
-def test_gemini_style_path(stack: Stack) -> None:
+def test_gemini_style_path(stack: HttpStack) -> None:
     key = stack.key("--quota", "100", "--models", MODELS)
     body = {"contents": [{"parts": [{"text": "Hello"}]}]}
     ok = stack.post("/v1beta/models/gemini-1.5-flash:generateContent", body, bearer=key.key)
@@ -347,7 +347,7 @@ def test_gemini_style_path(stack: Stack) -> None:
 # --------------------------------------------------------------------------- bodies
 
 
-def _multipart(stack: Stack, key: str, fields: list[tuple[str, str | bytes]]) -> httpx.Response:
+def _multipart(stack: HttpStack, key: str, fields: list[tuple[str, str | bytes]]) -> httpx.Response:
     # httpx sends data fields before files, in the order given.
     data = {name: value for name, value in fields if not isinstance(value, bytes)}
     files = {
@@ -363,7 +363,7 @@ def _multipart(stack: Stack, key: str, fields: list[tuple[str, str | bytes]]) ->
     )
 
 
-def test_multipart_upload_with_model_field(stack: Stack) -> None:
+def test_multipart_upload_with_model_field(stack: HttpStack) -> None:
     key = stack.key("--quota", "100", "--models", MODELS)
     audio = b"RIFF" + bytes(20_000)
     ok = _multipart(stack, key.key, [("model", "whisper-1"), ("file", audio)])
@@ -375,7 +375,7 @@ def test_multipart_upload_with_model_field(stack: Stack) -> None:
     assert_denied(resp, 403, "model_not_allowed", anthropic=False)
 
 
-def test_large_multipart_upload_is_forwarded_whole(stack: Stack) -> None:
+def test_large_multipart_upload_is_forwarded_whole(stack: HttpStack) -> None:
     key = stack.key("--quota", "100", "--models", MODELS)
     audio = bytes(300_000)  # well past max_request_bytes (64 KiB)
     resp = _multipart(stack, key.key, [("model", "whisper-1"), ("file", audio)])
@@ -392,7 +392,7 @@ def _big_json(model: str | None, model_last: bool = False, size: int = 200_000) 
     return json.dumps({"model": model, **filler}).encode()
 
 
-def _post_raw(stack: Stack, key: str, body: bytes) -> httpx.Response:
+def _post_raw(stack: HttpStack, key: str, body: bytes) -> httpx.Response:
     return stack.http.post(
         "/v1/chat/completions",
         content=body,
@@ -400,7 +400,7 @@ def _post_raw(stack: Stack, key: str, body: bytes) -> httpx.Response:
     )
 
 
-def test_large_body_model_first_is_decided_on_the_prefix(stack: Stack) -> None:
+def test_large_body_model_first_is_decided_on_the_prefix(stack: HttpStack) -> None:
     key = stack.key("--quota", "100", "--models", MODELS)
     body = _big_json("gpt-4o-mini")
     resp = _post_raw(stack, key.key, body)
@@ -412,14 +412,14 @@ def test_large_body_model_first_is_decided_on_the_prefix(stack: Stack) -> None:
     assert_denied(resp, 403, "model_not_allowed", anthropic=False)
 
 
-def test_large_body_model_past_the_prefix_fails_closed(stack: Stack) -> None:
+def test_large_body_model_past_the_prefix_fails_closed(stack: HttpStack) -> None:
     key = stack.key("--quota", "100", "--models", MODELS)
     with stack.unreached():
         resp = _post_raw(stack, key.key, _big_json("gpt-4o-mini", model_last=True))
     assert_denied(resp, 400, "model_required", anthropic=False)
 
 
-def test_large_body_for_a_key_without_model_list(stack: Stack) -> None:
+def test_large_body_for_a_key_without_model_list(stack: HttpStack) -> None:
     key = stack.key("--quota", "100")
     body = _big_json(None)
     resp = _post_raw(stack, key.key, body)
@@ -427,7 +427,7 @@ def test_large_body_for_a_key_without_model_list(stack: Stack) -> None:
     assert resp.json()["_echo"]["body_bytes"] == len(body)
 
 
-def test_chunked_body_without_content_length(stack: Stack) -> None:
+def test_chunked_body_without_content_length(stack: HttpStack) -> None:
     key = stack.key("--quota", "100", "--models", MODELS)
     body = json.dumps(chat_body("gpt-4o-mini")).encode()
 

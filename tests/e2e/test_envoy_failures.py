@@ -12,18 +12,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import Stack, assert_denied, running_stack
+from tests.e2e.conftest import HttpStack, assert_denied, running_http_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def fresh_stack() -> Iterator[Stack]:
-    with running_stack() as running:
+def fresh_stack() -> Iterator[HttpStack]:
+    with running_http_stack() as running:
         yield running
 
 
-def test_keyguard_down_gives_503_and_no_upstream_call(fresh_stack: Stack) -> None:
+def test_keyguard_down_gives_503_and_no_upstream_call(fresh_stack: HttpStack) -> None:
     stack = fresh_stack
     key = stack.key("--unlimited")
     assert stack.chat(key).status_code == 200
@@ -39,7 +39,7 @@ def test_keyguard_down_gives_503_and_no_upstream_call(fresh_stack: Stack) -> Non
     assert stack.envoy.stats("ext_authz")["http.llm_ingress.ext_authz.error"] >= 4
 
 
-def test_keyguard_hanging_times_out_to_503(fresh_stack: Stack) -> None:
+def test_keyguard_hanging_times_out_to_503(fresh_stack: HttpStack) -> None:
     stack = fresh_stack
     key = stack.key("--unlimited")
     assert stack.chat(key).status_code == 200
@@ -61,7 +61,7 @@ def test_keyguard_hanging_times_out_to_503(fresh_stack: Stack) -> None:
     assert stack.eventually(lambda: stack.chat(key), 200).status_code == 200
 
 
-def test_redis_down_gives_store_unavailable(fresh_stack: Stack) -> None:
+def test_redis_down_gives_store_unavailable(fresh_stack: HttpStack) -> None:
     stack = fresh_stack
     openai_key = stack.key("--quota", "100")
     anthropic_key = stack.key("--quota", "100")

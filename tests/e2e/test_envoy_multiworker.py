@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import Stack, assert_denied, running_socket_stack
-from tests.support.envoy import MULTIWORKER_CONFIG, http_get
+from harness.net import http_get
+from harness.paths import MULTIWORKER_CONFIG
+from tests.e2e.conftest import HttpStack, assert_denied, running_http_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -16,12 +17,12 @@ WORKERS = 2
 
 
 @pytest.fixture(scope="module")
-def multi_stack() -> Iterator[Stack]:
-    with running_socket_stack(MULTIWORKER_CONFIG, workers=WORKERS, envoy_concurrency=2) as stack:
+def multi_stack() -> Iterator[HttpStack]:
+    with running_http_stack(MULTIWORKER_CONFIG, envoy_concurrency=2) as stack:
         yield stack
 
 
-def _checks_per_socket(stack: Stack) -> dict[str, int]:
+def _checks_per_socket(stack: HttpStack) -> dict[str, int]:
     # /clusters lines look like keyguard::/tmp/kg-x/kg.sock.0::rq_total::12
     _, body = http_get(f"{stack.envoy.admin_url}/clusters")
     found: dict[str, int] = {}
@@ -32,7 +33,7 @@ def _checks_per_socket(stack: Stack) -> dict[str, int]:
     return found
 
 
-def test_checks_reach_every_worker(multi_stack: Stack) -> None:
+def test_checks_reach_every_worker(multi_stack: HttpStack) -> None:
     key = multi_stack.key("--unlimited")
     statuses = [multi_stack.chat(key).status_code for _ in range(30)]
     assert statuses == [200] * 30
@@ -41,7 +42,7 @@ def test_checks_reach_every_worker(multi_stack: Stack) -> None:
     assert all(n > 0 for n in per_socket.values()), per_socket
 
 
-def test_quota_is_shared_across_workers(multi_stack: Stack) -> None:
+def test_quota_is_shared_across_workers(multi_stack: HttpStack) -> None:
     key = multi_stack.key("--quota", "5")
     statuses = [multi_stack.chat(key).status_code for _ in range(8)]
     assert statuses == [200] * 5 + [402] * 3

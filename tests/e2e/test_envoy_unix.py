@@ -6,19 +6,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import Stack, assert_denied, echo_headers, running_socket_stack
-from tests.support.envoy import UNIX_CONFIG
+from harness.paths import UNIX_CONFIG
+from tests.e2e.conftest import HttpStack, assert_denied, echo_headers, running_http_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def unix_stack() -> Iterator[Stack]:
-    with running_socket_stack(UNIX_CONFIG) as stack:
+def unix_stack() -> Iterator[HttpStack]:
+    with running_http_stack(UNIX_CONFIG) as stack:
         yield stack
 
 
-def test_allow_over_unix_socket(unix_stack: Stack) -> None:
+def test_allow_over_unix_socket(unix_stack: HttpStack) -> None:
     key = unix_stack.key("--quota", "10")
     resp = unix_stack.chat(key)
     assert resp.status_code == 200, resp.text
@@ -27,6 +27,6 @@ def test_allow_over_unix_socket(unix_stack: Stack) -> None:
     assert "authorization" not in seen
 
 
-def test_deny_over_unix_socket(unix_stack: Stack) -> None:
+def test_deny_over_unix_socket(unix_stack: HttpStack) -> None:
     with unix_stack.unreached():
         assert_denied(unix_stack.message(None), 401, "missing_api_key", anthropic=True)

@@ -23,20 +23,17 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from harness.cli import run_cli
+from harness.envoy import EnvoyProcess, rewrite_config
+from harness.keyguard import KeyguardServer, running_keyguard
+from harness.net import free_port
+from harness.paths import DEFAULT_CONFIG
+from harness.redis import RedisServer, running_redis
+from harness.upstream import DemoUpstream, running_upstream
 from keyguard._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from tests.support.certs import SERVER_DNS, Pki, make_pki
 from tests.support.checks import check_request, http_status, reason
-from tests.support.envoy import DEFAULT_CONFIG, EnvoyProcess, rewrite_config
-from tests.support.procs import (
-    KeyguardServer,
-    RedisServer,
-    free_port,
-    run_cli,
-    running_keyguard,
-    running_redis,
-)
-from tests.support.upstream import DemoUpstream, running_upstream
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import pytest
 from anthropic.types import MessageParam
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.e2e.conftest import Key, Stack
+from tests.e2e.conftest import HttpStack, Key
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ HELLO_ANTHROPIC: list[MessageParam] = [{"role": "user", "content": "Hello"}]
 class OpenAIFactory:
     """OpenAI clients for keys; all closed when the test ends (no unclosed sockets)."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: HttpStack) -> None:
         self.stack = stack
         self.clients: list[openai.OpenAI] = []
 
@@ -46,7 +46,7 @@ class OpenAIFactory:
 
 
 class AnthropicFactory:
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: HttpStack) -> None:
         self.stack = stack
         self.clients: list[anthropic.Anthropic] = []
 
@@ -66,7 +66,7 @@ class AnthropicFactory:
 
 
 @pytest.fixture
-def oai(stack: Stack) -> Iterator[OpenAIFactory]:
+def oai(stack: HttpStack) -> Iterator[OpenAIFactory]:
     factory = OpenAIFactory(stack)
     try:
         yield factory
@@ -75,7 +75,7 @@ def oai(stack: Stack) -> Iterator[OpenAIFactory]:
 
 
 @pytest.fixture
-def claude(stack: Stack) -> Iterator[AnthropicFactory]:
+def claude(stack: HttpStack) -> Iterator[AnthropicFactory]:
     factory = AnthropicFactory(stack)
     try:
         yield factory
@@ -98,7 +98,7 @@ def _message(client: anthropic.Anthropic, model: str = "claude-3-5-haiku") -> st
 # --------------------------------------------------------------------------- OpenAI
 
 
-def test_openai_allowed_calls(stack: Stack, oai: OpenAIFactory) -> None:
+def test_openai_allowed_calls(stack: HttpStack, oai: OpenAIFactory) -> None:
     client = oai(stack.key("--quota", "100", "--models", MODELS))
     assert _chat(client)
     raw = client.chat.completions.with_raw_response.create(
@@ -115,7 +115,7 @@ def test_openai_allowed_calls(stack: Stack, oai: OpenAIFactory) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
-def test_openai_401(stack: Stack, oai: OpenAIFactory) -> None:
+def test_openai_401(stack: HttpStack, oai: OpenAIFactory) -> None:
     with pytest.raises(openai.AuthenticationError) as err:
         _chat(oai("sk-" + "0" * 40))
     assert err.value.status_code == 401
@@ -123,14 +123,14 @@ def test_openai_401(stack: Stack, oai: OpenAIFactory) -> None:
     assert err.value.response.headers["x-keyguard-reason"] == "invalid_api_key"
 
 
-def test_openai_403(stack: Stack, oai: OpenAIFactory) -> None:
+def test_openai_403(stack: HttpStack, oai: OpenAIFactory) -> None:
     client = oai(stack.key("--quota", "100", "--models", MODELS))
     with pytest.raises(openai.PermissionDeniedError) as err:
         _chat(client, "gpt-4o")
     assert err.value.code == "model_not_allowed"
 
 
-def test_openai_429(stack: Stack, oai: OpenAIFactory) -> None:
+def test_openai_429(stack: HttpStack, oai: OpenAIFactory) -> None:
     client = oai(stack.key("--unlimited", "--rpm", "1"))
     assert _chat(client)
     with pytest.raises(openai.RateLimitError) as err:
@@ -139,7 +139,7 @@ def test_openai_429(stack: Stack, oai: OpenAIFactory) -> None:
     assert int(err.value.response.headers["retry-after"]) >= 1
 
 
-def test_openai_402(stack: Stack, oai: OpenAIFactory) -> None:
+def test_openai_402(stack: HttpStack, oai: OpenAIFactory) -> None:
     client = oai(stack.key("--quota", "0"))
     with pytest.raises(openai.APIStatusError) as err:
         _chat(client)
@@ -152,7 +152,7 @@ def test_openai_402(stack: Stack, oai: OpenAIFactory) -> None:
 # --------------------------------------------------------------------------- Anthropic
 
 
-def test_anthropic_allowed_calls(stack: Stack, claude: AnthropicFactory) -> None:
+def test_anthropic_allowed_calls(stack: HttpStack, claude: AnthropicFactory) -> None:
     client = claude(
         stack.key("--type", "subscription", "--quota", "100", "--cycle", "30d", "--models", MODELS)
     )
@@ -187,14 +187,14 @@ def test_anthropic_401(claude: AnthropicFactory) -> None:
     assert err.value.response.headers["x-keyguard-reason"] == "invalid_api_key"
 
 
-def test_anthropic_403(stack: Stack, claude: AnthropicFactory) -> None:
+def test_anthropic_403(stack: HttpStack, claude: AnthropicFactory) -> None:
     client = claude(stack.key("--quota", "100", "--models", MODELS))
     with pytest.raises(anthropic.PermissionDeniedError) as err:
         _message(client, "claude-3-opus")
     assert _error_type(err.value) == "permission_error"
 
 
-def test_anthropic_429(stack: Stack, claude: AnthropicFactory) -> None:
+def test_anthropic_429(stack: HttpStack, claude: AnthropicFactory) -> None:
     client = claude(stack.key("--unlimited", "--rpm", "1"))
     assert _message(client)
     with pytest.raises(anthropic.RateLimitError) as err:
@@ -202,7 +202,7 @@ def test_anthropic_429(stack: Stack, claude: AnthropicFactory) -> None:
     assert _error_type(err.value) == "rate_limit_error"
 
 
-def test_anthropic_402(stack: Stack, claude: AnthropicFactory) -> None:
+def test_anthropic_402(stack: HttpStack, claude: AnthropicFactory) -> None:
     client = claude(stack.key("--quota", "0"))
     with pytest.raises(anthropic.APIStatusError) as err:
         _message(client)

@@ -33,8 +33,9 @@ import httpx
 import pytest
 import redis
 
-from bench._hardening import Stack, running_stack, wait_serving
-from tests.support.envoy import http_get
+from harness.keyguard import wait_serving
+from harness.net import http_get
+from harness.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -148,7 +149,7 @@ class Run:
 def _run() -> Iterator[Run]:
     env = {"KEYGUARD_LOG_LEVEL": "debug"}
     with (
-        running_stack(env, persistent_redis=True) as stack,
+        running_stack(keyguard_env=env, persistent_redis=True) as stack,
         httpx.Client(base_url=stack.base_url, trust_env=False, timeout=10.0) as http,
     ):
         yield Run(stack, Secrets(), http)

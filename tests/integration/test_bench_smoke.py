@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from tests.support.procs import REPO
+from harness.paths import REPO
 
 pytestmark = [
     pytest.mark.slow,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
-from contextlib import redirect_stdout
 from typing import Any
 
+from harness.cli import create_key, keys_cli
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+
+# The in-process `keyguard keys` helpers live in the harness (benchmarks use them too).
+__all__ = ["create_key", "keys_cli"]
 
 
 def check_request(
@@ -75,23 +77,3 @@ def response_headers(resp: CheckResponse) -> dict[str, str]:
     if resp.HasField("denied_response"):
         return {o.header.key: o.header.value for o in resp.denied_response.headers}
     return {o.header.key: o.header.value for o in resp.ok_response.response_headers_to_add}
-
-
-def create_key(redis_url: str, *args: str) -> dict[str, Any]:
-    """`keyguard keys create --json ARGS` in-process; returns the printed JSON."""
-    from keyguard.cli import main
-
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = main(["keys", "--redis-url", redis_url, "create", "--json", *args])
-    assert code == 0, out.getvalue()
-    return dict(json.loads(out.getvalue()))
-
-
-def keys_cli(redis_url: str, *args: str) -> tuple[int, str]:
-    from keyguard.cli import main
-
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = main(["keys", "--redis-url", redis_url, *args])
-    return code, out.getvalue()

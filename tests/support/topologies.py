@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -13,7 +12,9 @@ from pathlib import Path
 
 import redis
 
-from tests.support.procs import free_port, redis_server_binary, stop_process, wait_for_port
+from harness.net import free_port, tcp_open
+from harness.process import Child
+from harness.redis import RedisServer, redis_server_binary
 
 
 def cluster_port() -> int:
@@ -28,50 +29,49 @@ def cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [redis_server_binary(), *args],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+class Sentinel(Child):
+    """redis-server --sentinel with its config file in `directory`."""
+
+    def __init__(self, port: int, directory: Path, monitor: str) -> None:
+        super().__init__("sentinel")
+        self.port = port
+        self.conf = directory / "sentinel.conf"
+        self.conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {directory}\n{monitor}")
+
+    def start(self) -> None:
+        # The config file must come first: Sentinel rewrites it as it learns the topology.
+        self.spawn([redis_server_binary(), str(self.conf), "--sentinel"], cwd=self.conf.parent)
+        self.wait_ready(lambda: tcp_open(self.port), 10, f"sentinel on :{self.port}")
+
+
+@contextlib.contextmanager
+def started(children: list[Child]) -> Iterator[list[Child]]:
+    """Closes every child appended to the list, whatever happens in the block."""
+    try:
+        yield children
+    finally:
+        for child in reversed(children):
+            child.close()
 
 
 @contextlib.contextmanager
 def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
     """Start ``masters`` cluster nodes on loopback, join them, yield their ports."""
-    base = Path(tempfile.mkdtemp(prefix="kg-cluster-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    ports = [cluster_port() for _ in range(masters)]
-    try:
+    node_args = [
+        "--cluster-enabled",
+        "yes",
+        # Relative to the node's own data directory (its working directory).
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "2000",
+    ]
+    with started([]) as nodes:
+        ports = [cluster_port() for _ in range(masters)]
         for port in ports:
-            node_dir = base / str(port)
-            node_dir.mkdir()
-            procs.append(
-                _start(
-                    [
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(node_dir / "nodes.conf"),
-                        "--cluster-node-timeout",
-                        "2000",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(node_dir),
-                    ],
-                    node_dir,
-                )
-            )
-        for port in ports:
-            wait_for_port(port)
+            node = RedisServer(node_args, port)
+            nodes.append(node)
+            node.start()
         subprocess.run(
             [
                 "redis-cli",
@@ -102,45 +102,21 @@ def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
                 raise TimeoutError("cluster did not reach cluster_state:ok")
             time.sleep(0.1)
         yield ports
-    finally:
-        for proc in procs:
-            stop_process(proc)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def redis_with_sentinel(service: str = "kgmaster") -> Iterator[tuple[int, int]]:
     """A master plus one Sentinel watching it; yields (master_port, sentinel_port)."""
-    base = Path(tempfile.mkdtemp(prefix="kg-sentinel-"))
-    master_port, sentinel_port = free_port(), free_port()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(
-            _start(
-                [
-                    "--port",
-                    str(master_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--dir",
-                    str(base),
-                ],
-                base,
-            )
+    with started([]) as children, tempfile.TemporaryDirectory(prefix="kg-sentinel-") as tmp:
+        master = RedisServer()
+        children.append(master)
+        master.start()
+        sentinel = Sentinel(
+            free_port(),
+            Path(tmp),
+            f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
+            f"sentinel down-after-milliseconds {service} 5000\n",
         )
-        wait_for_port(master_port)
-        conf = base / "sentinel.conf"
-        conf.write_text(
-            f"port {sentinel_port}\nbind 127.0.0.1\ndir {base}\n"
-            f"sentinel monitor {service} 127.0.0.1 {master_port} 1\n"
-            f"sentinel down-after-milliseconds {service} 5000\n"
-        )
-        procs.append(_start([str(conf), "--sentinel"], base))
-        wait_for_port(sentinel_port)
-        yield master_port, sentinel_port
-    finally:
-        for proc in procs:
-            stop_process(proc)
-        shutil.rmtree(base, ignore_errors=True)
+        children.append(sentinel)
+        sentinel.start()
+        yield master.port, sentinel.port

