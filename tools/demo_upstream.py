@@ -9,6 +9,18 @@ check what Envoy and keyguard let through:
 `GET /__stats` returns {"requests": N}, the number of all other requests served, so a test
 can assert that a denied request never reached the upstream.
 
+Usage is realistic in shape (OpenAI chat JSON and SSE, with usage in a last chunk only
+when `stream_options.include_usage` is set; the Responses API, JSON and SSE; embeddings;
+Anthropic JSON and SSE with `message_start` and a cumulative `message_delta`) and in
+amount: input tokens are the words of the request. Request headers steer it for tests:
+
+* `x-demo-output-tokens: N`: the output tokens reported (default 6);
+* `x-demo-cached-tokens: N`: input tokens reported as read from a prompt cache;
+* `x-demo-cache-write-tokens: N`: Anthropic's `cache_creation_input_tokens`;
+* `x-demo-status: NNN`: answer with that error status instead;
+* `x-demo-pause-ms: N`: a streamed answer pauses this long between events (so a client
+  can disconnect mid-stream).
+
     python tools/demo_upstream.py --port 8000 [--host 127.0.0.1]
 
 prints `ready` once listening and stops cleanly on SIGTERM or SIGINT.
@@ -68,8 +80,35 @@ def _words(messages: Any) -> int:
     return max(1, len(text.split()))
 
 
-def chat_completion(req: dict[str, Any]) -> dict[str, Any]:
-    prompt_tokens = _words(req.get("messages"))
+class Shape:
+    """What the request's x-demo-* headers ask of the answer."""
+
+    def __init__(self, headers: Any) -> None:
+        self.output = _int_header(headers, "x-demo-output-tokens", 6)
+        self.cached = _int_header(headers, "x-demo-cached-tokens", 0)
+        self.cache_write = _int_header(headers, "x-demo-cache-write-tokens", 0)
+        self.status = _int_header(headers, "x-demo-status", 0)
+        self.pause = _int_header(headers, "x-demo-pause-ms", 0) / 1000
+
+
+def _int_header(headers: Any, name: str, default: int) -> int:
+    try:
+        return max(0, int(headers.get(name, default)))
+    except (TypeError, ValueError):
+        return default
+
+
+def openai_usage(req: dict[str, Any], shape: Shape) -> dict[str, Any]:
+    prompt = _words(req.get("messages"))
+    return {
+        "prompt_tokens": prompt + shape.cached,
+        "completion_tokens": shape.output,
+        "total_tokens": prompt + shape.cached + shape.output,
+        "prompt_tokens_details": {"cached_tokens": shape.cached},
+    }
+
+
+def chat_completion(req: dict[str, Any], shape: Shape) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -83,15 +122,11 @@ def chat_completion(req: dict[str, Any]) -> dict[str, Any]:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": 6,
-            "total_tokens": prompt_tokens + 6,
-        },
+        "usage": openai_usage(req, shape),
     }
 
 
-def chat_completion_stream(req: dict[str, Any]) -> bytes:
+def chat_completion_stream(req: dict[str, Any], shape: Shape) -> list[bytes]:
     base = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion.chunk",
@@ -107,8 +142,69 @@ def chat_completion_stream(req: dict[str, Any]) -> bytes:
         {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas
     ]
     events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    options = req.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        events.append({**base, "choices": [], "usage": openai_usage(req, shape)})
     lines = [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
-    return "".join(lines).encode()
+    return [line.encode() for line in lines]
+
+
+def responses_usage(req: dict[str, Any], shape: Shape) -> dict[str, Any]:
+    words = _words(req.get("input"))
+    return {
+        "input_tokens": words + shape.cached,
+        "input_tokens_details": {"cached_tokens": shape.cached},
+        "output_tokens": shape.output,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": words + shape.cached + shape.output,
+    }
+
+
+def response_object(req: dict[str, Any], shape: Shape, status: str = "completed") -> dict[str, Any]:
+    return {
+        "id": f"resp_{uuid.uuid4().hex[:24]}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": req.get("model", "unknown"),
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{uuid.uuid4().hex[:24]}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "output_text",
+                        "text": "Hello from the demo upstream.",
+                        "annotations": [],
+                    }
+                ],
+            }
+        ],
+        "usage": responses_usage(req, shape) if status != "in_progress" else None,
+    }
+
+
+def responses_stream(req: dict[str, Any], shape: Shape) -> list[bytes]:
+    started = response_object(req, shape, "in_progress")
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "sequence_number": 0, "response": started},
+        {
+            "type": "response.output_text.delta",
+            "sequence_number": 1,
+            "item_id": "msg_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "Hello from the demo upstream.",
+        },
+        {
+            "type": "response.completed",
+            "sequence_number": 2,
+            "response": response_object(req, shape),
+        },
+    ]
+    return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
 
 
 def completion(req: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +228,7 @@ def completion(req: dict[str, Any]) -> dict[str, Any]:
 def embeddings(req: dict[str, Any]) -> dict[str, Any]:
     inputs = req.get("input", "")
     count = len(inputs) if isinstance(inputs, list) else 1
+    tokens = _words(inputs)
     return {
         "object": "list",
         "data": [
@@ -139,11 +236,11 @@ def embeddings(req: dict[str, Any]) -> dict[str, Any]:
             for i in range(count)
         ],
         "model": req.get("model", "unknown"),
-        "usage": {"prompt_tokens": count, "total_tokens": count},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 
-def anthropic_message(req: dict[str, Any]) -> dict[str, Any]:
+def anthropic_message(req: dict[str, Any], shape: Shape) -> dict[str, Any]:
     return {
         "id": f"msg_{uuid.uuid4().hex[:24]}",
         "type": "message",
@@ -152,14 +249,20 @@ def anthropic_message(req: dict[str, Any]) -> dict[str, Any]:
         "content": [{"type": "text", "text": "Hello from the demo upstream."}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": _words(req.get("messages")), "output_tokens": 6},
+        "usage": {
+            "input_tokens": _words(req.get("messages")),
+            "cache_creation_input_tokens": shape.cache_write,
+            "cache_read_input_tokens": shape.cached,
+            "output_tokens": shape.output,
+        },
     }
 
 
-def anthropic_message_stream(req: dict[str, Any]) -> bytes:
-    message = anthropic_message(req)
+def anthropic_message_stream(req: dict[str, Any], shape: Shape) -> list[bytes]:
+    message = anthropic_message(req, shape)
     start = {**message, "content": [], "stop_reason": None}
-    start["usage"] = {"input_tokens": message["usage"]["input_tokens"], "output_tokens": 0}
+    # message_start carries the input side and a placeholder output of 1, as Anthropic does.
+    start["usage"] = {**message["usage"], "output_tokens": 1}
     text = message["content"][0]["text"]
     events: list[tuple[str, dict[str, Any]]] = [
         ("message_start", {"type": "message_start", "message": start}),
@@ -185,12 +288,12 @@ def anthropic_message_stream(req: dict[str, Any]) -> bytes:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": 6},
+                "usage": {"output_tokens": shape.output},
             },
         ),
         ("message_stop", {"type": "message_stop"}),
     ]
-    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()
+    return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
 
 
 def model_list() -> dict[str, Any]:
@@ -285,6 +388,23 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
+    def _stream(self, events: list[bytes], pause: float, echo: dict[str, Any]) -> None:
+        """An SSE answer, event by event (chunked), pausing between events if asked."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.send_header("x-echo-headers", json.dumps(echo["headers"], ensure_ascii=True))
+        self.end_headers()
+        try:
+            for event in events:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+                if pause:
+                    time.sleep(pause)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client (Envoy) went away mid-stream
+            self.close_connection = True
+
     def _send_json(self, status: int, obj: dict[str, Any], echo: dict[str, Any] | None) -> None:
         if echo is not None:
             obj = {**obj, "_echo": echo}
@@ -306,6 +426,11 @@ class Handler(BaseHTTPRequestHandler):
         method = self.command
         ctype = self.headers.get("content-type", "")
         req = _json_body(raw) if "json" in ctype or not ctype else {}
+        shape = Shape(self.headers)
+        if shape.status >= 400:
+            error = {"message": "demo error", "type": "server_error", "param": None, "code": None}
+            self._send_json(shape.status, {"error": error}, echo)
+            return
 
         if method == "GET" and path == "/v1/models":
             self._send_json(200, model_list(), echo)
@@ -316,18 +441,23 @@ class Handler(BaseHTTPRequestHandler):
             )
         elif method == "POST" and path == "/v1/chat/completions":
             if req.get("stream"):
-                self._send(200, chat_completion_stream(req), "text/event-stream", echo)
+                self._stream(chat_completion_stream(req, shape), shape.pause, echo)
             else:
-                self._send_json(200, chat_completion(req), echo)
+                self._send_json(200, chat_completion(req, shape), echo)
+        elif method == "POST" and path == "/v1/responses":
+            if req.get("stream"):
+                self._stream(responses_stream(req, shape), shape.pause, echo)
+            else:
+                self._send_json(200, response_object(req, shape), echo)
         elif method == "POST" and path == "/v1/completions":
             self._send_json(200, completion(req), echo)
         elif method == "POST" and path == "/v1/embeddings":
             self._send_json(200, embeddings(req), echo)
         elif method == "POST" and path == "/v1/messages":
             if req.get("stream"):
-                self._send(200, anthropic_message_stream(req), "text/event-stream", echo)
+                self._stream(anthropic_message_stream(req, shape), shape.pause, echo)
             else:
-                self._send_json(200, anthropic_message(req), echo)
+                self._send_json(200, anthropic_message(req, shape), echo)
         elif method == "POST" and path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
             self._send_json(200, {"text": "Hello from the demo upstream."}, echo)
         elif method == "POST" and (match := GEMINI_PATH.match(path)):
