@@ -92,6 +92,9 @@ class KeyguardServer(Child):
             "KEYGUARD_METRICS_PORT": str(self.metrics_port),
             "KEYGUARD_METRICS_HOST": LOOPBACK,
             "KEYGUARD_GRACE_SECONDS": "1",
+            # Request units unless a caller asks for token metering: most tests and
+            # benchmarks measure the per-request rules, and token metering needs prices.
+            "KEYGUARD_METERING": "request",
             **self.extra_env,
         }
         self.spawn([*keyguard_cmd(), "serve"], env=env)

@@ -30,6 +30,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # Run as a script (`python tools/devstack.py`), so the repository root, where the shared
@@ -51,6 +54,7 @@ from harness.stack import Layout, Stack, read_layout, running_stack  # noqa: E40
 
 # Any proxy settings in the environment must not catch loopback calls.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+PRICES_FILE = REPO / "deploy" / "prices.example.yaml"
 
 
 class StackError(StartError):
@@ -122,22 +126,25 @@ def create_key(redis_url: str, var: str, about: str, *options: str) -> DemoKey:
 
 
 def create_demo_keys(redis_url: str) -> dict[str, DemoKey]:
+    # Token metering: a balance in credits (1 credit = 1 micro-dollar), priced by
+    # deploy/prices.example.yaml, loaded first.
+    keyguard_cli(redis_url, "prices", "import", str(PRICES_FILE))
     demo = create_key(
         redis_url,
         "KG_DEMO_KEY",
-        "models gpt-4o-mini and claude-3-5-haiku, quota 1000",
+        "models gpt-4o-mini and claude-3-5-haiku, balance 1000000 credits ($1)",
         "--name",
         "demo",
         "--models",
         "gpt-4o-mini,claude-3-5-haiku",
         "--quota",
-        "1000",
+        "1000000",
     )
     broke = create_key(
         redis_url, "KG_NO_QUOTA_KEY", "quota 0", "--name", "demo-no-quota", "--quota", "0"
     )
     disabled = create_key(
-        redis_url, "KG_DISABLED_KEY", "disabled", "--name", "demo-disabled", "--quota", "1000"
+        redis_url, "KG_DISABLED_KEY", "disabled", "--name", "demo-disabled", "--quota", "1000000"
     )
     keyguard_cli(redis_url, "keys", "disable", disabled.id, "--json")
     # TEST-NET-3: no local client is ever in it.
@@ -328,6 +335,17 @@ def _send(req: urllib.request.Request) -> tuple[int, str | None]:
         return int(err.code), reason
 
 
+def _send_body(req: urllib.request.Request) -> tuple[int, str | None]:
+    """Like _send, but answers the body of a success."""
+    try:
+        with OPENER.open(req, timeout=10) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        err.read()
+        err.close()
+        return int(err.code), None
+
+
 def mask(key: str) -> str:
     return f"{key[:7]}…{key[-4:]}" if len(key) > 12 else "…"
 
@@ -419,12 +437,63 @@ def tail_logs(workdir: Path, lines: int = 15) -> str:
     return "\n".join(out)
 
 
+def show_balance(redis_url: str, key: DemoKey) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads(keyguard_cli(redis_url, "keys", "show", key.id, "--json"))
+    return info
+
+
+def demo_metering(stack: Stack, key: DemoKey) -> bool:
+    """One chat completion on the demo key; its balance drops by what the usage costs."""
+    before = show_balance(stack.redis.url, key)
+    body = _chat("gpt-4o-mini") | {"max_tokens": 64}
+    req = urllib.request.Request(  # noqa: S310 (always http://127.0.0.1:<port>/...)
+        f"{envoy_url(stack.layout)}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {key.key}", "content-type": "application/json"},
+    )
+    status, text = _send_body(req)
+    if status != 200 or text is None:
+        print(f"FAIL metering demo: the request answered {status}")
+        return False
+    usage = json.loads(text)["usage"]
+    cached = usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
+    price = demo_price("gpt-4o-mini")
+    cost = -(
+        -(
+            (usage["prompt_tokens"] - cached) * price["input"]
+            + cached * price.get("cached_input", price["input"])
+            + usage["completion_tokens"] * price["output"]
+        )
+        // 1_000_000
+    )
+    deadline = time.monotonic() + 5
+    after = show_balance(stack.redis.url, key)
+    while (after["held"] or after["used"] == before["used"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = show_balance(stack.redis.url, key)
+    dropped = before["remaining"] - after["remaining"]
+    print(
+        f"# Metering: one gpt-4o-mini chat completion ({usage['prompt_tokens']} tokens in,"
+        f" {usage['completion_tokens']} out) cost {cost} credits at the demo prices;"
+        f" {key.var}'s balance went {before['remaining']} -> {after['remaining']}"
+        f" ({dropped} credits). Watch it with: keyguard keys show {key.id}",
+        flush=True,
+    )
+    return dropped == cost
+
+
+def demo_price(model: str) -> dict[str, int]:
+    table: dict[str, dict[str, int]] = yaml.safe_load(PRICES_FILE.read_text())
+    return table[model + "*"]
+
+
 def serve(stack: Stack, args: argparse.Namespace, stop: threading.Event) -> int:
     keys = create_demo_keys(stack.redis.url)
     # --check output may land in CI logs: never show raw keys there.
     print_intro(stack, keys, show_keys=not args.check, workdir=stack.redis.log_path.parent)
+    metered = demo_metering(stack, keys["KG_DEMO_KEY"])
     if args.check:
-        return 0 if check(stack, keys) else 1
+        return 0 if check(stack, keys) and metered else 1
     print("Ctrl-C stops everything.", flush=True)
     while not stop.wait(0.5):
         if dead := stack.exited():
@@ -449,7 +518,12 @@ def main(argv: list[str] | None = None) -> int:
             check_ports_free(layout, redis_port, metrics_port)
             print("starting redis, keyguard, the demo upstream and Envoy ...", flush=True)
             with running_stack(
-                config, render=False, redis_port=redis_port, metrics_port=metrics_port, run=run
+                config,
+                render=False,
+                keyguard_env={"KEYGUARD_METERING": "tokens"},
+                redis_port=redis_port,
+                metrics_port=metrics_port,
+                run=run,
             ) as stack:
                 try:
                     code = serve(stack, args, stop)

@@ -41,7 +41,7 @@ class Settings:
     request_cost: int = 1
     # What a quota counts: "tokens" (credits: tokens times model price, held at Check and
     # settled from the response) or "request" (request_cost units per request).
-    metering: str = "request"
+    metering: str = "tokens"
     # A hold whose settlement never came (keyguard or Envoy restarted, Envoy gave up on
     # the Check) is released after this long, charging nothing.
     hold_ttl: float = 3600.0

@@ -64,3 +64,12 @@ def test_devstack_check_passes(source: Path, tmp_path: Path) -> None:
     # One printed command per check: a plain curl, or a loop around one.
     commands = result.stdout.count("\ncurl ") + result.stdout.count("\nfor i in ")
     assert commands == len(checks)
+    # `make run` shows token metering: the demo key's balance drops by what the one
+    # request's usage costs at the demo prices.
+    metering = re.search(
+        r"cost (\d+) credits at the demo prices; KG_DEMO_KEY's balance went (\d+) -> (\d+)",
+        result.stdout,
+    )
+    assert metering is not None, result.stdout
+    cost, before, after = (int(g) for g in metering.groups())
+    assert cost > 0 and before - after == cost

@@ -24,7 +24,8 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 @contextlib.asynccontextmanager
 async def service_for(redis_url: str, **overrides: Any) -> AsyncIterator[AuthorizationService]:
     """The real servicer over a real Redis, called in-process (no gRPC)."""
-    settings = replace(Settings(), redis_url=redis_url, **overrides)
+    # Request units unless a test asks for token metering (which needs prices).
+    settings = replace(Settings(), redis_url=redis_url, **{"metering": "request", **overrides})
     metrics = Metrics(CollectorRegistry())
     store = make_store(settings, metrics)
     cache = KeyCache(

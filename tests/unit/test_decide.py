@@ -41,7 +41,8 @@ class Harness:
     """One servicer over a MemoryKeyStore, with a cache on a clock the test moves."""
 
     def __init__(self, **overrides: Any) -> None:
-        self.settings = replace(Settings(), **overrides)
+        # Request units: these tests are about identify, judge and the outage fallback.
+        self.settings = replace(Settings(), **{"metering": "request", **overrides})
         self.store = MemoryKeyStore()
         self.clock = Clock()
         s = self.settings
