@@ -458,6 +458,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._stream(anthropic_message_stream(req, shape), shape.pause, echo)
             else:
                 self._send_json(200, anthropic_message(req, shape), echo)
+        elif method == "POST" and path == "/v1/images/generations":
+            image = {"url": "https://example.invalid/demo.png", "revised_prompt": "a demo"}
+            self._send_json(200, {"created": int(time.time()), "data": [image]}, echo)
         elif method == "POST" and path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
             self._send_json(200, {"text": "Hello from the demo upstream."}, echo)
         elif method == "POST" and (match := GEMINI_PATH.match(path)):

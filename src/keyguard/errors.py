@@ -10,7 +10,8 @@
     └── KeyringError                 a key change was refused; nothing was changed
         ├── InvalidChange            bad option or combination of options              exit 2
         ├── UnknownKey (LookupError) no key with that id                               exit 1
-        └── UnknownPrice (LookupError) no price for that model pattern                 exit 1
+        ├── UnknownPrice (LookupError) no price for that model pattern                 exit 1
+        └── UnknownToken (LookupError) no admin token with that id                     exit 1
 
     BackendError                     inside the store only: what a Redis connection
     ├── ReplyError                   raised (an error reply such as NOSCRIPT) …
@@ -18,7 +19,9 @@
                                      the store maps both, in one place, to StoreError
 
 ``cli`` turns a KeyguardError into ``keyguard: error: <message>`` and the exit code
-above; the admin API will turn them into problem+json the same way.
+above; the admin API (``admin/problems.py``) turns them into problem+json with the
+same message: InvalidChange 400, UnknownKey / UnknownPrice / UnknownToken 404, another
+KeyringError 409, StoreError 503.
 """
 
 from __future__ import annotations
@@ -67,6 +70,12 @@ class UnknownPrice(KeyringError, LookupError):
     def __init__(self, pattern: str) -> None:
         super().__init__(f"no price for model {pattern!r}")
         self.pattern = pattern
+
+
+class UnknownToken(KeyringError, LookupError):
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"no admin token with id {token_id!r}")
+        self.token_id = token_id
 
 
 class BackendError(Exception):

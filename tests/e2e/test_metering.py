@@ -455,3 +455,31 @@ def test_a_hold_whose_settlement_never_comes_expires(stack: HttpStack) -> None:
     assert resp.status_code == 200
     found = re.search(r"^keyguard_holds_expired_total (\S+)$", stack.metrics_text(), re.M)
     assert found is not None and float(found.group(1)) >= 1
+
+
+# ----- per-route settings, as envoy/envoy.yaml configures them ---------------------------------
+
+
+def test_per_route_settings_in_envoy_yaml(stack: HttpStack) -> None:
+    key = stack.key("--quota", "1000000")
+    # /v1/models: keyguard.meter=off. Nothing held, nothing charged.
+    listed = stack.http.get("/v1/models", headers={"authorization": f"Bearer {key.key}"})
+    assert listed.status_code == 200
+    # /v1/images/: keyguard.cost=40000, spent at Check whatever the model.
+    image = stack.post(
+        "/v1/images/generations", {"model": "dall-e-3", "prompt": "a cat"}, bearer=key.key
+    )
+    assert image.status_code == 200, image.text
+    info = stack.show(key.id)
+    assert (info["remaining"], info["used"], info["held"]) == (1_000_000 - 40_000, 40_000, 0)
+    # /v1/batches: keyguard.key_types=subscription.
+    with stack.unreached():
+        batch = stack.post("/v1/batches", {"input_file_id": "f"}, bearer=key.key)
+    assert batch.status_code == 403
+    assert batch.headers["x-keyguard-reason"] == "key_type_not_allowed"
+    # /anthropic/: keyguard.dialect=anthropic, even where the path does not end in /messages.
+    with stack.unreached():
+        denied = stack.post("/anthropic/v1/messages/count_tokens", {}, api_key="sk-" + "0" * 40)
+    assert denied.status_code == 401
+    assert denied.json()["type"] == "error"
+    assert denied.json()["error"]["type"] == "authentication_error"

@@ -1,4 +1,4 @@
-"""The `keyguard` command: `serve`, `health`, `keys …` and `prices …` for operators.
+"""The `keyguard` command: `serve`, `health`, `keys …`, `prices …`, `admin …` and `audit`.
 
 A thin layer: ``argtypes`` validates every argument before anything is touched,
 ``keys`` and ``prices`` call the management core (``keyguard.keyring``), ``render``
@@ -17,6 +17,7 @@ from typing import NoReturn
 import redis.exceptions
 
 from keyguard import __version__
+from keyguard.cli.admin import add_admin_parsers
 from keyguard.cli.keys import add_keys_parser
 from keyguard.cli.prices import add_prices_parser
 from keyguard.cli.serve import add_serve_parsers
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parsers(sub)
     add_keys_parser(sub, _Parser)
     add_prices_parser(sub, _Parser)
+    add_admin_parsers(sub, _Parser)
     return parser
 
 

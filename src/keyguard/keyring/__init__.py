@@ -5,15 +5,21 @@ the same methods. Values arrive already parsed by ``keyring.values`` (in the for
 the record stores); ``Keyring`` checks that they fit together and fit the key,
 writes through ``keyring.redis.RedisKeys`` and answers with ``describe``'s view.
 Nothing is written when a check fails.
+
+A ``Keyring`` is built for one actor (``cli:<user>`` by default; the admin API passes
+its token's id) and records every change it makes on the audit stream (``keyguard.audit``),
+after the change succeeds: the CLI and the API share this one place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from keyguard.audit import Audit, local_actor
 from keyguard.errors import InvalidChange, KeyringError
 from keyguard.keyring.redis import RedisKeys
 from keyguard.keys import generate_key, generate_key_id, hash_key
@@ -165,9 +171,31 @@ def check_edit(change: KeyChange) -> None:
         raise InvalidChange("nothing to change: give at least one option")
 
 
+def change_fields(change: KeyChange) -> dict[str, Any]:
+    """What a change gave, by option name, for the audit trail (``*`` = all / any)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(KeyChange):
+        value = getattr(change, field.name)
+        if value is None or (field.name == "unlimited" and not value):
+            continue
+        if field.name in ("models", "allowed_ips") and value == "":
+            value = "*"
+        elif field.name == "expires":
+            value = _iso(int(value)) if value else "never"
+        elif field.name == "cycle":
+            value = format_seconds(value)
+        out[field.name] = value
+    return out
+
+
 class Keyring:
-    def __init__(self, client: SyncClient) -> None:
+    def __init__(self, client: SyncClient, actor: str | None = None) -> None:
         self.keys = RedisKeys(client)
+        self.audit = Audit(client)
+        self.actor = actor or local_actor()
+
+    def _record(self, action: str, key_id: str, fields: dict[str, Any]) -> None:
+        self.audit.record(self.actor, action, key_id, fields)
 
     def _describe(self, key_hash: str, raw: dict[str, str]) -> dict[str, Any]:
         try:
@@ -187,7 +215,9 @@ class Keyring:
             fields["cycle_end"] = str(now + int(fields["cycle_seconds"]))
         key_hash = hash_key(key)
         self.keys.create(key_hash, fields)
-        return CreatedKey(key, self._describe(key_hash, fields))
+        info = self._describe(key_hash, fields)
+        self._record("key.create", info["id"], {"type": key_type, **change_fields(change)})
+        return CreatedKey(key, info)
 
     def show(self, key_id: str) -> dict[str, Any]:
         return self._describe(*self.keys.get(key_id))
@@ -201,12 +231,16 @@ class Keyring:
         fields = _fields(change, raw.get("type", TYPE_STANDARD), creating=False)
         if not fields:
             raise InvalidChange("nothing to change: give at least one option")
-        return self._describe(key_hash, self.keys.update(key_id, fields))
+        info = self._describe(key_hash, self.keys.update(key_id, fields))
+        self._record("key.edit", key_id, change_fields(change))
+        return info
 
     def set_status(self, key_id: str, enabled: bool) -> dict[str, Any]:
         status = STATUS_ACTIVE if enabled else STATUS_DISABLED
         key_hash = self.keys.hash_of(key_id)
-        return self._describe(key_hash, self.keys.update(key_id, {"status": status}))
+        info = self._describe(key_hash, self.keys.update(key_id, {"status": status}))
+        self._record("key.enable" if enabled else "key.disable", key_id, {"status": status})
+        return info
 
     def topup(self, key_id: str, amount: int) -> dict[str, Any]:
         if amount <= 0:
@@ -214,10 +248,21 @@ class Keyring:
         key_hash, raw = self.keys.get(key_id)
         if raw.get("unlimited") == "1":
             raise InvalidChange(f"key {key_id} is unlimited; top-up applies to keys with a quota")
-        return self._describe(key_hash, self.keys.topup(key_id, amount))
+        info = self._describe(key_hash, self.keys.topup(key_id, amount))
+        self._record("key.topup", key_id, {"amount": amount})
+        return info
 
     def revoke(self, key_id: str) -> None:
         self.keys.revoke(key_id)
+        self._record("key.revoke", key_id, {})
 
 
-__all__ = ["CreatedKey", "KeyChange", "Keyring", "check_create", "check_edit", "describe"]
+__all__ = [
+    "CreatedKey",
+    "KeyChange",
+    "Keyring",
+    "change_fields",
+    "check_create",
+    "check_edit",
+    "describe",
+]

@@ -9,6 +9,9 @@ An import reads and validates the whole file before Redis is touched, then write
 the table in one atomic step (a Lua script on the one key): it either lands entirely
 or not at all. By default it replaces the table; ``merge=True`` keeps the patterns
 the file does not name.
+
+Like ``Keyring``, a ``PriceEditor`` is built for one actor and records every change on
+the audit stream after it succeeds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, cast
 
 import yaml
 
+from keyguard.audit import Audit, local_actor
 from keyguard.errors import InvalidChange, KeyringError, UnknownPrice
 from keyguard.prices import FIELDS, Price, check_pattern, price_from_fields, price_from_json
 from keyguard.store import EVENTS_CHANNEL, PRICES_CHANGED, PRICES_KEY
@@ -177,9 +181,11 @@ def read_price_file(path: str) -> dict[str, Price]:
 class PriceEditor:
     """The price table in Redis, over a synchronous client (the CLI's, the admin API's)."""
 
-    def __init__(self, client: SyncClient) -> None:
+    def __init__(self, client: SyncClient, actor: str | None = None) -> None:
         self.client = client
         self._replace = client.register_script(_REPLACE)
+        self.audit = Audit(client)
+        self.actor = actor or local_actor()
 
     def _publish(self) -> None:
         self.client.publish(EVENTS_CHANNEL, PRICES_CHANGED)
@@ -211,6 +217,7 @@ class PriceEditor:
         price = price_from_fields(fields)
         self.client.hset(PRICES_KEY, pattern, price.to_json())
         self._publish()
+        self.audit.record(self.actor, "price.set", pattern, asdict(price))
         return price
 
     def remove(self, pattern: str) -> None:
@@ -218,6 +225,7 @@ class PriceEditor:
         if not self.client.hdel(PRICES_KEY, pattern):
             raise UnknownPrice(pattern)
         self._publish()
+        self.audit.record(self.actor, "price.remove", pattern, {})
 
     def import_table(self, table: Mapping[str, Price], merge: bool = False) -> list[str]:
         """Write a validated table in one atomic step; answer with the patterns removed.
@@ -238,6 +246,12 @@ class PriceEditor:
             old = cast(list[str], self._replace(keys=[PRICES_KEY], args=args))
             removed = sorted(set(old) - set(table))
         self._publish()
+        self.audit.record(
+            self.actor,
+            "price.import",
+            "prices",  # the whole table
+            {"imported": sorted(table), "removed": removed, "merge": merge},
+        )
         return removed
 
     def import_file(self, path: str, merge: bool = False) -> tuple[dict[str, Price], list[str]]:

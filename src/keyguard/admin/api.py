@@ -1,0 +1,416 @@
+"""The routes of the admin API (``/v1``): every key, price and audit operation the CLI has.
+
+Each route turns its JSON body into the core's terms (a ``KeyChange`` through the same
+``keyring.values`` parsers the CLI's arguments go through), calls one method of the
+management core in a worker thread (the core is synchronous) and answers with the
+core's view of the result. Authentication and roles are checked before a route runs
+(``app.TokenGate``); the caller's token id is the actor of every change it makes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Annotated, Any, TypeVar, cast
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from starlette.concurrency import run_in_threadpool
+
+from keyguard.admin.auth import Principal
+from keyguard.audit import Audit, check_cursor, parse_since
+from keyguard.errors import InvalidChange, UnknownKey
+from keyguard.keyring import KEY_TYPES, KeyChange, Keyring, values
+from keyguard.keyring.prices import PriceEditor, price_info
+from keyguard.record import TYPE_STANDARD
+from keyguard.store import IDS_SET
+from keyguard.store.connect import SyncClient
+
+T = TypeVar("T")
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+def _unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
+class _Body(BaseModel):
+    # An unknown field is a 400 naming it, never ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeySettings(_Body):
+    """The settings of a key, by the CLI's option names in snake case."""
+
+    name: Text | None = Field(None, description="a label for people")
+    quota: StrictInt | None = Field(
+        None, description="units left (standard) or units per cycle (subscription)"
+    )
+    unlimited: StrictBool = Field(False, description="no quota (standard keys)")
+    cycle: Text | StrictInt | None = Field(
+        None, description="billing cycle: 30d, 12h, 15m, 90s, or seconds"
+    )
+    models: Text | list[Text] | None = Field(
+        None, description="allowed models: a list or a comma list; '*' = all"
+    )
+    allowed_ips: Text | list[Text] | None = Field(
+        None, description="allowed client IPs/CIDRs: a list or a comma list; '*' = any"
+    )
+    expires: Text | None = Field(
+        None, description="YYYY-MM-DD or ISO date-time (UTC), +30d, or never"
+    )
+    payg: StrictBool | None = Field(None, description="pay-as-you-go once the quota is used up")
+    rpm: StrictInt | None = Field(None, description="requests per minute (0 = no limit)")
+    tpm: StrictInt | None = Field(None, description="tokens per minute (0 = no limit)")
+
+
+class KeyCreate(KeySettings):
+    type: Text = Field(
+        TYPE_STANDARD,
+        description="standard or subscription",
+        json_schema_extra={"enum": list(KEY_TYPES)},
+    )
+
+
+class TopUp(_Body):
+    amount: StrictInt = Field(description="units to add (greater than 0)")
+
+
+class PriceBody(_Body):
+    """Whole credits per 1M tokens (per request for per_request)."""
+
+    input: StrictInt
+    output: StrictInt
+    cached_input: StrictInt | None = None
+    cache_write: StrictInt | None = None
+    per_request: StrictInt | None = None
+    max_output: StrictInt | None = None
+
+
+class KeyInfo(BaseModel):
+    id: str
+    name: str
+    type: str
+    status: str
+    created_at: str | None
+    expires_at: str | None
+    models: list[str] | None
+    allowed_ips: list[str] | None
+    unlimited: bool
+    remaining: int | None
+    used: int
+    payg: bool
+    payg_used: int
+    rpm: int | None
+    tpm: int | None
+    held: int
+    tokens_in: int
+    tokens_out: int
+    cached_tokens: int
+    cycle: str | None = None
+    cycle_quota: int | None = None
+    cycle_used: int | None = None
+    cycle_end: str | None = None
+
+
+class CreatedKeyInfo(KeyInfo):
+    key: str = Field(description="the API key itself: shown in this answer only, never again")
+
+
+class KeyPage(BaseModel):
+    items: list[KeyInfo]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null: done")
+
+
+class Revoked(BaseModel):
+    id: str
+    revoked: bool
+
+
+class PriceInfo(BaseModel):
+    model: str
+    input: int
+    output: int
+    cached_input: int
+    cache_write: int
+    per_request: int
+    max_output: int | None
+
+
+class PricePage(BaseModel):
+    items: list[PriceInfo]
+    next_cursor: str | None
+
+
+class PriceRemoved(BaseModel):
+    model: str
+    removed: bool
+
+
+class AuditEntry(BaseModel):
+    id: str
+    time: str
+    actor: str = Field(description="token:<admin token id>, or cli:<OS user>")
+    action: str
+    target: str = Field(description="the key id, model pattern or token id changed")
+    fields: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: str | None
+
+
+# Documents the Bearer scheme in the OpenAPI document; the check itself is TokenGate's,
+# which runs before the body is read.
+bearer = HTTPBearer(auto_error=False, description="an admin token (`keyguard admin tokens create`)")
+
+
+def _known_query(request: Request) -> None:
+    """An unknown query parameter is a 400 naming it, like an unknown body field."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    known = {param.alias for param in dependant.query_params} if dependant else set()
+    for name in request.query_params:
+        if name not in known:
+            raise InvalidChange(f"unknown query parameter {name!r}")
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(bearer), Depends(_known_query)])
+
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="items per page")]
+Cursor = Annotated[Text | None, Query(description="next_cursor of the previous page")]
+
+
+def _client(request: Request) -> SyncClient:
+    return cast(SyncClient, request.app.state.client)
+
+
+def _actor(request: Request) -> str:
+    principal = cast(Principal, request.state.principal)
+    return principal.actor
+
+
+def _keyring(request: Request) -> Keyring:
+    return Keyring(_client(request), actor=_actor(request))
+
+
+def _prices(request: Request) -> PriceEditor:
+    return PriceEditor(_client(request), actor=_actor(request))
+
+
+async def _run(call: Callable[[], T]) -> T:
+    return await run_in_threadpool(call)
+
+
+def _parse(field: str, parse: Callable[[str], T], text: str) -> T:
+    try:
+        return parse(text)
+    except InvalidChange as exc:
+        raise InvalidChange(f"{field}: {exc}") from None
+
+
+def _list_text(value: str | list[str]) -> str:
+    return ",".join(value) if isinstance(value, list) else value
+
+
+def to_change(body: KeySettings) -> KeyChange:
+    """A body as the core's change, each value through the CLI's own parser."""
+
+    def number(field: str, value: int | None, parse: Callable[[str], int]) -> int | None:
+        return None if value is None else _parse(field, parse, str(value))
+
+    return KeyChange(
+        name=body.name,
+        quota=number("quota", body.quota, values.nonneg_int),
+        unlimited=body.unlimited,
+        cycle=None if body.cycle is None else _parse("cycle", values.duration, str(body.cycle)),
+        models=None
+        if body.models is None
+        else _parse("models", values.models, _list_text(body.models)),
+        allowed_ips=None
+        if body.allowed_ips is None
+        else _parse("allowed_ips", values.allowed_ips, _list_text(body.allowed_ips)),
+        expires=None if body.expires is None else _parse("expires", values.expires, body.expires),
+        payg=body.payg,
+        rpm=number("rpm", body.rpm, values.nonneg_int),
+        tpm=number("tpm", body.tpm, values.nonneg_int),
+    )
+
+
+def _key_page(keyring: Keyring, cursor: str | None, limit: int) -> dict[str, Any]:
+    ids = sorted(str(i) for i in cast(set[str], keyring.keys.client.smembers(IDS_SET)))
+    index = bisect.bisect_right(ids, cursor) if cursor is not None else 0
+    items: list[dict[str, Any]] = []
+    while index < len(ids) and len(items) < limit:
+        with contextlib.suppress(UnknownKey):  # revoked between SMEMBERS and the read
+            items.append(keyring.show(ids[index]))
+        index += 1
+    return {"items": items, "next_cursor": ids[index - 1] if index < len(ids) else None}
+
+
+@router.post(
+    "/keys",
+    status_code=201,
+    response_model=CreatedKeyInfo,
+    response_model_exclude_unset=True,
+    tags=["keys"],
+)
+async def create_key(request: Request, body: KeyCreate) -> dict[str, Any]:
+    """Create a key. The answer holds the key itself: the only time it is shown."""
+    change = to_change(body)
+    keyring = _keyring(request)
+    created = await _run(lambda: keyring.create(body.type, change))
+    return {**created.info, "key": created.key}
+
+
+@router.get("/keys", response_model=KeyPage, response_model_exclude_unset=True, tags=["keys"])
+async def list_keys(
+    request: Request, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+) -> dict[str, Any]:
+    """Keys in id order, a page at a time."""
+    keyring = _keyring(request)
+    return await _run(lambda: _key_page(keyring, cursor, limit))
+
+
+@router.get(
+    "/keys/{key_id}", response_model=KeyInfo, response_model_exclude_unset=True, tags=["keys"]
+)
+async def show_key(request: Request, key_id: str) -> dict[str, Any]:
+    """A key's settings and usage (never the key)."""
+    keyring = _keyring(request)
+    return await _run(lambda: keyring.show(key_id))
+
+
+@router.patch(
+    "/keys/{key_id}", response_model=KeyInfo, response_model_exclude_unset=True, tags=["keys"]
+)
+async def edit_key(request: Request, key_id: str, body: KeySettings) -> dict[str, Any]:
+    """Change a key's settings; what the body does not name stays as it is."""
+    change = to_change(body)
+    keyring = _keyring(request)
+    return await _run(lambda: keyring.edit(key_id, change))
+
+
+@router.delete("/keys/{key_id}", response_model=Revoked, tags=["keys"])
+async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
+    """Delete a key and its rate-limit and metering state for good."""
+    keyring = _keyring(request)
+    await _run(lambda: keyring.revoke(key_id))
+    return {"id": key_id, "revoked": True}
+
+
+@router.post(
+    "/keys/{key_id}/disable",
+    response_model=KeyInfo,
+    response_model_exclude_unset=True,
+    tags=["keys"],
+)
+async def disable_key(request: Request, key_id: str) -> dict[str, Any]:
+    keyring = _keyring(request)
+    return await _run(lambda: keyring.set_status(key_id, enabled=False))
+
+
+@router.post(
+    "/keys/{key_id}/enable",
+    response_model=KeyInfo,
+    response_model_exclude_unset=True,
+    tags=["keys"],
+)
+async def enable_key(request: Request, key_id: str) -> dict[str, Any]:
+    keyring = _keyring(request)
+    return await _run(lambda: keyring.set_status(key_id, enabled=True))
+
+
+@router.post(
+    "/keys/{key_id}/topup",
+    response_model=KeyInfo,
+    response_model_exclude_unset=True,
+    tags=["keys"],
+)
+async def topup_key(request: Request, key_id: str, body: TopUp) -> dict[str, Any]:
+    """Add units to a key's quota (the current cycle's, for a subscription key)."""
+    keyring = _keyring(request)
+    return await _run(lambda: keyring.topup(key_id, body.amount))
+
+
+def _price_page(editor: PriceEditor, cursor: str | None, limit: int) -> dict[str, Any]:
+    table = editor.prices()
+    patterns = list(table)  # sorted
+    index = bisect.bisect_right(patterns, cursor) if cursor is not None else 0
+    chosen = patterns[index : index + limit]
+    more = index + limit < len(patterns)
+    return {
+        "items": [price_info(pattern, table[pattern]) for pattern in chosen],
+        "next_cursor": chosen[-1] if more and chosen else None,
+    }
+
+
+@router.get("/prices", response_model=PricePage, tags=["prices"])
+async def list_prices(
+    request: Request, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+) -> dict[str, Any]:
+    """The price table in pattern order, a page at a time."""
+    editor = _prices(request)
+    return await _run(lambda: _price_page(editor, cursor, limit))
+
+
+@router.get("/prices/{model:path}", response_model=PriceInfo, tags=["prices"])
+async def show_price(request: Request, model: str) -> dict[str, Any]:
+    """The price of a model pattern, as written (``gpt-4o*``, ``*``)."""
+    editor = _prices(request)
+    price = await _run(lambda: editor.get(model))
+    return price_info(model, price)
+
+
+@router.put("/prices/{model:path}", response_model=PriceInfo, tags=["prices"])
+async def set_price(request: Request, model: str, body: PriceBody) -> dict[str, Any]:
+    """Set (or replace, whole) the price of a model pattern."""
+    fields = body.model_dump(exclude_none=True)
+    editor = _prices(request)
+    price = await _run(lambda: editor.set(model, fields))
+    return {"model": model, **asdict(price)}
+
+
+@router.delete("/prices/{model:path}", response_model=PriceRemoved, tags=["prices"])
+async def remove_price(request: Request, model: str) -> dict[str, Any]:
+    editor = _prices(request)
+    await _run(lambda: editor.remove(model))
+    return {"model": model, "removed": True}
+
+
+@router.get("/audit", response_model=AuditPage, tags=["audit"])
+async def read_audit(
+    request: Request,
+    key: Annotated[
+        Text | None, Query(description="only changes to this key id, model pattern or token id")
+    ] = None,
+    since: Annotated[
+        Text | None, Query(description="1h, 7d, 2027-01-31, 2027-01-31T12:00:00Z or epoch s")
+    ] = None,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Changes to keys, prices and admin tokens, oldest first, a page at a time."""
+    since_ms = None if since is None else _parse("since", parse_since, since)
+    if cursor is not None:
+        _parse("cursor", check_cursor, cursor)
+    audit = Audit(_client(request))
+    items, next_cursor = await _run(
+        lambda: audit.read(target=key, since_ms=since_ms, after=cursor, limit=limit)
+    )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+__all__ = ["router", "to_change"]
