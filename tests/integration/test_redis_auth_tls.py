@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import grpc
 import pytest
 import redis
 
+from keyguard._proto.envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage
+from keyguard._proto.envoy.service.accesslog.v3.als_pb2_grpc import AccessLogServiceStub
 from tests.support.certs import Pki, make_pki
 from tests.support.checks import check_request, http_status, reason
 from tests.support.grpc_client import Client, wait_until
@@ -194,6 +197,54 @@ def test_acl_user_runs_cli_and_server_without_a_refusal(acl_redis: RedisServer) 
         assert all(k.startswith(b"kg:") for k in admin.scan_iter(count=1000))
     finally:
         admin.close()
+
+
+def test_acl_user_meters_tokens_without_a_refusal(acl_redis: RedisServer, tmp_path: Path) -> None:
+    """Token metering under the documented ACL: prices, a hold at Check, a settlement
+    from an access-log message, live holds in `keys show`, revoke of every metering key."""
+    url = acl_url(acl_redis)
+    admin = admin_client(acl_redis)
+    try:
+        admin.acl_log_reset()
+        prices = tmp_path / "prices.json"
+        prices.write_text(json.dumps({"gpt-4o": {"input": 1_000_000, "output": 2_000_000}}))
+        imported = run_cli("prices", "import", str(prices), redis_url=url)
+        assert imported.returncode == 0, imported.stderr
+        key = cli("create", "--quota", "1000000", "--tpm", "100000", url=url)
+        env = {"KEYGUARD_METERING": "tokens"}
+        with running_keyguard(url, env) as server, Client(server.target) as client:
+            wait_until(lambda: client.health_status() == "SERVING", timeout=15)
+            body = b'{"model": "gpt-4o", "max_tokens": 10}'
+            resp = client.check(check_request({"x-api-key": key["key"]}, body=body))
+            assert (http_status(resp), reason(resp)) == (200, "ok")
+            ticket = {k: v.string_value for k, v in resp.dynamic_metadata.fields.items()}
+            assert cli("show", key["id"], url=url)["held"] == int(ticket["held"]) > 0
+            send_access_log(
+                server.target, ticket, {"prompt_tokens": 10.0, "completion_tokens": 4.0}
+            )
+            wait_until(lambda: cli("show", key["id"], url=url)["used"] > 0, timeout=10)
+            shown = cli("show", key["id"], url=url)
+            # gpt-4o at 1 credit per input and 2 per output token: 10 + 8.
+            assert (shown["used"], shown["held"], shown["tokens_out"]) == (18, 0, 4)
+            logs = server.logs()
+        cli("revoke", key["id"], url=url)
+        refused = admin.acl_log()
+        assert refused == [], f"token metering needed more than the documented ACL: {refused}"
+        assert "Traceback" not in logs, logs[-3000:]
+    finally:
+        admin.close()
+
+
+def send_access_log(target: str, ticket: dict[str, str], usage: dict[str, float]) -> None:
+    """What Envoy's gRPC access log sends for one finished request."""
+    message = StreamAccessLogsMessage()
+    entry = message.http_logs.log_entry.add()
+    metadata = entry.common_properties.metadata.filter_metadata
+    metadata["envoy.filters.http.ext_authz"].update(ticket)
+    metadata["keyguard.usage"].update(usage)
+    entry.response.response_code.value = 200
+    with grpc.insecure_channel(target) as channel:
+        AccessLogServiceStub(channel).StreamAccessLogs(iter([message]), timeout=5)
 
 
 def test_acl_user_is_refused_outside_its_prefix(acl_redis: RedisServer) -> None:
