@@ -51,6 +51,8 @@ class Settings:
     # Deny a metered key's streaming chat request that did not ask for usage
     # (stream_options.include_usage), instead of charging the documented estimate.
     require_stream_usage: bool = False
+    # Days of per-key, per-day, per-model usage history kept (0: none is written).
+    usage_retention_days: int = 90
     strip_credentials: bool = True
     xff_trusted_hops: int = 0
     on_store_error: str = "deny"
@@ -243,6 +245,8 @@ def validate(s: Settings) -> None:
         )
     if s.hold_ttl < 1:
         raise SettingsError(f"KEYGUARD_HOLD_TTL={s.hold_ttl:g}: must be at least 1 (seconds)")
+    if s.usage_retention_days > 3660:
+        raise SettingsError("KEYGUARD_USAGE_RETENTION_DAYS must be at most 3660 (ten years)")
     if s.default_max_output < 1:
         raise SettingsError("KEYGUARD_DEFAULT_MAX_OUTPUT must be greater than 0")
     if s.event_loop not in ("uvloop", "asyncio"):

@@ -18,7 +18,7 @@ from keyguard.keys import generate_key, generate_key_id, hash_key
 from keyguard.record import TYPE_STANDARD, new_record_fields, record_from_hash
 from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
-from keyguard.store import Hold, KeyStore, Settlement, holds_key, record_key
+from keyguard.store import Hold, KeyStore, Settlement, holds_key, record_key, usage_key
 from keyguard.store.memory import MemoryKeyStore
 from keyguard.store.redis import make_store
 
@@ -261,3 +261,49 @@ def test_a_burst_admits_the_whole_rpm(kind: str, redis_url: str, rpm: int) -> No
         assert rpm <= allowed <= rpm + refill + 1
 
     run(kind, redis_url, body)
+
+
+def test_settlement_writes_the_usage_history_by_day_and_model(redis_url: str) -> None:
+    from keyguard.keyring import Keyring
+    from keyguard.store import id_key
+
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="100000")
+        key_id = b.get(h)["id"]
+        items = [
+            Settlement("a", 0, 30, 100, 20, 10, "gpt-4o*"),
+            Settlement("b", 0, 12, 40, 0, 5, "gpt-4o*"),
+            Settlement("c", 0, 7, 3, 0, 2, "claude*"),
+            Settlement("d", 0, 0, 0, 0, 0, "gpt-4o*"),  # an upstream error: a request, free
+        ]
+        await b.store.settle(h, items, history_days=90)
+        await b.store.settle(h, items[:1], history_days=90)  # a duplicate: not counted again
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            client.set(id_key(key_id), h)
+            days = Keyring(client).usage(key_id, days=7)["days"]
+            ttl = client.pttl(usage_key(h, days[0]["date"]))
+        finally:
+            client.close()
+        assert [(d["model"], d["requests"], d["credits"]) for d in days] == [
+            ("claude*", 1, 7),
+            ("gpt-4o*", 3, 42),
+        ]
+        gpt = days[1]
+        assert (gpt["input_tokens"], gpt["cached_tokens"], gpt["output_tokens"]) == (140, 20, 15)
+        assert 89 * 86_400_000 < ttl <= 90 * 86_400_000
+
+    run("redis", redis_url, body)
+
+
+def test_no_history_is_written_when_retention_is_zero(redis_url: str) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key()
+        await b.store.settle(h, [Settlement("a", 0, 5, 1, 0, 1, "gpt-4o*")], history_days=0)
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            assert not list(client.scan_iter(match=f"kg:{{{h}}}:use:*"))
+        finally:
+            client.close()
+
+    run("redis", redis_url, body)

@@ -22,6 +22,7 @@ from typing import Any
 from keyguard.audit import Audit, local_actor
 from keyguard.errors import InvalidChange, KeyringError
 from keyguard.keyring.redis import RedisKeys
+from keyguard.keyring.usage import MAX_DAYS, usage_history
 from keyguard.keys import generate_key, generate_key_id, hash_key
 from keyguard.record import (
     STATUS_ACTIVE,
@@ -221,6 +222,13 @@ class Keyring:
 
     def show(self, key_id: str) -> dict[str, Any]:
         return self._describe(*self.keys.get(key_id))
+
+    def usage(self, key_id: str, days: int = 30) -> dict[str, Any]:
+        """The key's usage history for the last ``days`` UTC days (``keyring.usage``)."""
+        if not 1 <= days <= MAX_DAYS:
+            raise InvalidChange(f"days must be between 1 and {MAX_DAYS}")
+        key_hash = self.keys.hash_of(key_id)
+        return {"id": key_id, "days": usage_history(self.keys.client, key_hash, days)}
 
     def list(self) -> list[dict[str, Any]]:
         return [self._describe(key_hash, raw) for key_hash, raw in self.keys.list()]

@@ -49,10 +49,16 @@ class Settler(BackgroundTask):
     name = "kg-settler"
 
     def __init__(
-        self, store: KeyStore, metrics: Metrics, interval: float = 0.05, retry: float = 0.5
+        self,
+        store: KeyStore,
+        metrics: Metrics,
+        interval: float = 0.05,
+        retry: float = 0.5,
+        history_days: int = 0,
     ) -> None:
         super().__init__()
         self.store = store
+        self.history_days = history_days
         self.metrics = metrics
         self.interval = interval
         self.retry = retry
@@ -97,7 +103,10 @@ class Settler(BackgroundTask):
         self._wake.clear()
         keys = list(batch)
         results = await asyncio.gather(
-            *(self.store.settle(key, [a.settlement for a in batch[key]]) for key in keys),
+            *(
+                self.store.settle(key, [a.settlement for a in batch[key]], self.history_days)
+                for key in keys
+            ),
             return_exceptions=True,
         )
         failed: BaseException | None = None

@@ -125,5 +125,6 @@ def assess(
         tokens_in=usage.input if usage else 0,
         cached_tokens=(usage.cached_input + usage.cache_write) if usage else 0,
         tokens_out=usage.output if usage else 0,
+        model=label,
     )
     return Assessed(key_hash, settlement, outcome, usage, label)

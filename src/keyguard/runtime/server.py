@@ -115,7 +115,7 @@ async def serve(
     prices = PriceBook()
     listener = InvalidationListener(store, cache, prices=prices)
     flusher = UsageFlusher(store)
-    settler = Settler(store, metrics)
+    settler = Settler(store, metrics, history_days=settings.usage_retention_days)
 
     # SO_REUSEPORT only when workers share a port on purpose: otherwise a
     # leftover server would silently take half of the connections.

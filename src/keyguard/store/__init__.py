@@ -58,6 +58,11 @@ def metered_keys(key_hash: str) -> tuple[str, str, str, str]:
     return (record_key(key_hash), ratelimit_key(key_hash), holds_key(key_hash), tpm_key(key_hash))
 
 
+def usage_key(key_hash: str, day: str) -> str:
+    """One UTC day (YYYY-MM-DD) of a key's usage history: "<model>|<kind>" → count."""
+    return f"kg:{{{key_hash}}}:use:{day}"
+
+
 def id_key(key_id: str) -> str:
     return f"kg:id:{key_id}"
 
@@ -83,6 +88,7 @@ class Settlement:
     tokens_in: int = 0
     cached_tokens: int = 0
     tokens_out: int = 0
+    model: str = "other"  # the price pattern that priced it, for the usage history
 
 
 # Entering subscribes (StoreError if it cannot); iterating yields what was published
@@ -99,9 +105,12 @@ class KeyStore(Protocol):
         """The metered step: spend ``cost`` now, or (with ``hold``) hold ``cost`` credits."""
         ...
 
-    async def settle(self, key_hash: str, items: Sequence[Settlement]) -> list[str]:
-        """Charge settled requests and release their holds, at most once per hold id;
-        one word per item: "settled", "unheld" or "duplicate" (settle.lua)."""
+    async def settle(
+        self, key_hash: str, items: Sequence[Settlement], history_days: int = 0
+    ) -> list[str]:
+        """Charge settled requests and release their holds, at most once per hold id, and
+        count them in today's usage history (kept ``history_days``); one word per item:
+        "settled", "unheld" or "duplicate" (settle.lua)."""
         ...
 
     async def get_prices(self) -> dict[str, str]:
@@ -148,4 +157,5 @@ __all__ = [
     "id_key",
     "ratelimit_key",
     "record_key",
+    "usage_key",
 ]

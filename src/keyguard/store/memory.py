@@ -16,6 +16,7 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 
 from keyguard.errors import StoreError
 from keyguard.policy import SpendResult
@@ -38,6 +39,10 @@ def _int(fields: dict[str, str], name: str) -> int:
     return int(value) if value else 0
 
 
+def _today(now: float) -> str:
+    return datetime.fromtimestamp(now, tz=UTC).date().isoformat()
+
+
 def _add(fields: dict[str, str], name: str, amount: int) -> int:
     """HINCRBY on a field of the record."""
     value = _int(fields, name) + amount
@@ -54,6 +59,7 @@ class MemoryKeyStore:
         self.holds: dict[str, dict[str, tuple[int, int]]] = {}  # hash → id → (credits, expiry ms)
         self.settled: dict[str, set[str]] = {}
         self.prices: dict[str, str] = {}  # model pattern → Price JSON, as kg:prices holds
+        self.usage: dict[tuple[str, str], dict[str, int]] = {}  # (hash, UTC day) → fields
         self._pending_usage: dict[str, int] = {}
         self._feeds: list[asyncio.Queue[str]] = []
         # Test controls and counters.
@@ -177,7 +183,9 @@ class MemoryKeyStore:
         left = -1 if unlimited else remaining
         return SpendResult(outcome, left, *rl, 0, held, *tl, len(expired))
 
-    async def settle(self, key_hash: str, items: Sequence[Settlement]) -> list[str]:
+    async def settle(
+        self, key_hash: str, items: Sequence[Settlement], history_days: int = 0
+    ) -> list[str]:
         self._check("settle")
         now_ms = math.floor(self.clock() * 1000)
         settled = self.settled.setdefault(key_hash, set())
@@ -217,6 +225,18 @@ class MemoryKeyStore:
             _add(rec, "cached_tokens", item.cached_tokens)
             _add(rec, "tokens_out", item.tokens_out)
             tokens += item.tokens_in + item.cached_tokens + item.tokens_out
+            if history_days > 0:
+                day = self.usage.setdefault((key_hash, _today(self.clock())), {})
+                for kind, count in (
+                    ("requests", 1),
+                    ("input", item.tokens_in),
+                    ("cached", item.cached_tokens),
+                    ("output", item.tokens_out),
+                    ("credits", charge),
+                ):
+                    if count:
+                        field = f"{item.model}|{kind}"
+                        day[field] = day.get(field, 0) + count
         tpm = _int(rec, "tpm") if rec is not None else 0
         if tpm > 0 and tokens > 0:
             tat = max(self._token_tats.get(key_hash, now_ms), now_ms)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 
 import redis.exceptions
 from prometheus_client import Histogram
@@ -31,6 +32,7 @@ from keyguard.store import (
     record_key,
     settled_key,
     tpm_key,
+    usage_key,
 )
 from keyguard.store.commands import make_commands
 from keyguard.store.scripts import ADD_USED, SETTLE, SPEND
@@ -98,8 +100,10 @@ class RedisKeyStore:
             holds_expired=int(out[10]),
         )
 
-    async def settle(self, key_hash: str, items: Sequence[Settlement]) -> list[str]:
-        args: list[object] = [SETTLED_MEMORY_MS]
+    async def settle(
+        self, key_hash: str, items: Sequence[Settlement], history_days: int = 0
+    ) -> list[str]:
+        args: list[object] = [SETTLED_MEMORY_MS, history_days * 86_400_000]
         for item in items:
             args += (
                 item.hold_id,
@@ -108,8 +112,16 @@ class RedisKeyStore:
                 item.tokens_in,
                 item.cached_tokens,
                 item.tokens_out,
+                item.model,
             )
-        keys = (record_key(key_hash), holds_key(key_hash), settled_key(key_hash), tpm_key(key_hash))
+        today = datetime.now(UTC).date().isoformat()
+        keys = (
+            record_key(key_hash),
+            holds_key(key_hash),
+            settled_key(key_hash),
+            tpm_key(key_hash),
+            usage_key(key_hash, today),
+        )
         start = time.perf_counter()
         try:
             out = await self.commands.evalsha(SETTLE, keys, args)

@@ -1,21 +1,24 @@
 -- keyguard: settle the holds of one API key, atomically and at most once each.
 -- KEYS[1] = kg:{H}:rec, KEYS[2] = kg:{H}:holds, KEYS[3] = kg:{H}:settled (hold ids
--- settled recently, score = when), KEYS[4] = kg:{H}:tpm (GCRA state, tokens)
+-- settled recently, score = when), KEYS[4] = kg:{H}:tpm (GCRA state, tokens),
+-- KEYS[5] = kg:{H}:use:<UTC date> (today's usage history: "<model>|<kind>" -> count)
 -- ARGV[1] = how long (ms) a settled id is remembered, so a repeated delivery charges once
--- then 6 values per hold: id, credits held (0: none), credits to charge,
---   uncached input tokens, cached input tokens, output tokens
+-- ARGV[2] = how long (ms) a day of usage history is kept (0: none is written)
+-- then 7 values per hold: id, credits held (0: none), credits to charge,
+--   uncached input tokens, cached input tokens, output tokens, model (price pattern)
 -- Returns one word per hold: 'settled' (its hold released), 'unheld' (no open hold:
 -- none was placed, or it had expired; charged all the same), 'duplicate' (charged before).
 local rec = KEYS[1]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep_ms = tonumber(ARGV[1])
+local history_ms = tonumber(ARGV[2])
 local f = redis.call('HMGET', rec, 'id', 'unlimited', 'payg', 'type', 'tpm')
 local exists = f[1] ~= false
 local out = {}
 local tokens = 0
 
-for i = 2, #ARGV, 6 do
+for i = 3, #ARGV, 7 do
   local id = ARGV[i]
   local amount = tonumber(ARGV[i + 1])
   local charge = tonumber(ARGV[i + 2])
@@ -53,12 +56,21 @@ for i = 2, #ARGV, 6 do
       if cached > 0 then redis.call('HINCRBY', rec, 'cached_tokens', cached) end
       if tout > 0 then redis.call('HINCRBY', rec, 'tokens_out', tout) end
       tokens = tokens + tin + cached + tout
+      if history_ms > 0 then
+        local model = ARGV[i + 6]
+        redis.call('HINCRBY', KEYS[5], model .. '|requests', 1)
+        if tin > 0 then redis.call('HINCRBY', KEYS[5], model .. '|input', tin) end
+        if cached > 0 then redis.call('HINCRBY', KEYS[5], model .. '|cached', cached) end
+        if tout > 0 then redis.call('HINCRBY', KEYS[5], model .. '|output', tout) end
+        if charge > 0 then redis.call('HINCRBY', KEYS[5], model .. '|credits', charge) end
+      end
     end
   end
 end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - keep_ms)
 redis.call('PEXPIRE', KEYS[3], keep_ms)
+if history_ms > 0 and exists then redis.call('PEXPIRE', KEYS[5], history_ms) end
 
 -- Tokens per minute: each token takes 60000/tpm ms of the minute's budget.
 local tpm = tonumber(f[5]) or 0
