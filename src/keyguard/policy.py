@@ -39,12 +39,14 @@ def judge(
     client_ip: str | None,
     read_model: Callable[[], str],
 ) -> Reason | None:
-    """Checks that need only the record: status, expiry, IP, model.
+    """Checks that need only the record: the secret's validity, status, expiry, IP, model.
 
     Returns the deny reason, or None when the request may go on to the metered
     step. ``read_model`` is called only for keys with a model list, so a key
     without one never has its body read.
     """
+    if record.secret_expires_at is not None and now >= record.secret_expires_at:
+        return Reason.INVALID_API_KEY  # a rotated-away secret, past its grace
     if record.status != STATUS_ACTIVE:
         return Reason.KEY_DISABLED
     if record.expires_at is not None and now >= record.expires_at:

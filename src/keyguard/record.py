@@ -39,6 +39,12 @@ class KeyRecord:
     # The model list in the order it was given, for people; ``models`` is for lookups.
     model_names: tuple[str, ...] = ()
     tpm: int = 0  # tokens per minute (0 = no limit), charged at settlement
+    # When the secret this record was found by stops being accepted (a rotation's grace
+    # end); None: it is current. For the original secret it is a field of the record;
+    # for a secret made by a rotation, of its alias record (store.get_record).
+    secret_expires_at: float | None = None
+    rotated_at: float | None = None  # the last `keys rotate`
+    grace_until: float | None = None  # when the secret it replaced stops working
     # Metering (KEYGUARD_METERING=tokens): credits held by open requests, and the
     # tokens settled so far. Written by the hold and settle scripts.
     held: int = 0
@@ -100,6 +106,9 @@ def record_from_hash(key_hash: str, raw: dict[str, str]) -> KeyRecord:
         cycle_used=_int(raw, "cycle_used"),
         model_names=names,
         tpm=_int(raw, "tpm"),
+        secret_expires_at=_float_or_none(raw, "secret_expires_at"),
+        rotated_at=_float_or_none(raw, "rotated_at"),
+        grace_until=_float_or_none(raw, "grace_until"),
         held=_int(raw, "held"),
         tokens_in=_int(raw, "tokens_in"),
         tokens_out=_int(raw, "tokens_out"),

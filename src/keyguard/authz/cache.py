@@ -38,6 +38,8 @@ class KeyCache:
         self.clock = clock
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._negative: OrderedDict[str, float] = OrderedDict()
+        # Record hash → the other secrets' hashes its record is cached under.
+        self._aliases: dict[str, set[str]] = {}
         # Bumped on every invalidation; a lookup that started before a bump
         # must not store its (possibly stale) answer.
         self.generation = 0
@@ -71,15 +73,24 @@ class KeyCache:
             return False
         return True
 
-    def put(self, record: KeyRecord, generation: int | None = None) -> CacheEntry:
+    def put(
+        self, record: KeyRecord, generation: int | None = None, secret_hash: str | None = None
+    ) -> CacheEntry:
+        """Cache ``record`` under the hash of the secret it was found by (by default its
+        own: a rotated key's newer secrets find the record through an alias)."""
         entry = CacheEntry(record, self.clock())
         if self.size <= 0 or (generation is not None and generation != self.generation):
             return entry
-        self._negative.pop(record.key_hash, None)
-        self._entries[record.key_hash] = entry
-        self._entries.move_to_end(record.key_hash)
+        key = secret_hash or record.key_hash
+        self._negative.pop(key, None)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        if key != record.key_hash:
+            self._aliases.setdefault(record.key_hash, set()).add(key)
         while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+            old_key, old = self._entries.popitem(last=False)
+            if old_key != old.record.key_hash:
+                self._aliases.get(old.record.key_hash, set()).discard(old_key)
         return entry
 
     def put_negative(self, key_hash: str, generation: int | None = None) -> None:
@@ -91,11 +102,15 @@ class KeyCache:
             self._negative.popitem(last=False)
 
     def invalidate(self, key_hash: str) -> None:
+        """Drop a key: its record, and its copies cached under other secrets' hashes."""
         self.generation += 1
         self._entries.pop(key_hash, None)
         self._negative.pop(key_hash, None)
+        for alias in self._aliases.pop(key_hash, ()):
+            self._entries.pop(alias, None)
 
     def clear(self) -> None:
         self.generation += 1
         self._entries.clear()
         self._negative.clear()
+        self._aliases.clear()

@@ -65,7 +65,7 @@ class Identifier:
                 self.cache.put_negative(key_hash, generation)
                 entry = None
             else:
-                entry = self.cache.put(record, generation)
+                entry = self.cache.put(record, generation, key_hash)
             future.set_result(entry)
             return entry
         except BaseException as exc:

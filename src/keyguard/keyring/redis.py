@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from keyguard.errors import KeyringError, UnknownKey
 from keyguard.store import (
+    ALIAS_FIELD,
     EVENTS_CHANNEL,
     IDS_SET,
     holds_key,
@@ -94,8 +95,54 @@ class RedisKeys:
         self._publish(key_hash)
         return self.get(key_id)[1]
 
+    def rotate(self, key_id: str, new_hash: str, grace_end: int, now: int) -> dict[str, str]:
+        """Give the key a new secret (an alias record at ``new_hash``); the secret that was
+        current stays valid until ``grace_end``, older ones (still in a grace) end now.
+
+        The record itself stays where it is, with its settings, balance, holds and usage.
+        Each write is one key (aliases live in other slots), in an order where a failure
+        leaves every old secret as valid as before or the new one usable as well.
+        """
+        key_hash, raw = self.get(key_id)
+        aliases = [a for a in raw.get("aliases", "").split(",") if a]
+        primary = raw.get("primary", "") or key_hash
+        if not self.client.hsetnx(record_key(new_hash), ALIAS_FIELD, key_hash):
+            raise KeyringError("key collision; rotate again")
+        self.client.hset(record_key(new_hash), "id", key_id)
+        kept: list[str] = []
+        for alias in aliases:
+            if alias == primary:
+                self.client.hset(record_key(alias), "secret_expires_at", str(grace_end))
+                kept.append(alias)
+                continue
+            expires = self.client.hget(record_key(alias), "secret_expires_at")
+            if expires and float(str(expires)) <= now:
+                self.client.delete(record_key(alias))  # long expired: forget it
+            else:
+                self.client.hset(record_key(alias), "secret_expires_at", str(now))
+                kept.append(alias)
+        own = (
+            grace_end
+            if primary == key_hash
+            else min(now, int(float(raw.get("secret_expires_at") or now)))
+        )
+        fields = {
+            "secret_expires_at": str(own),
+            "aliases": ",".join([*kept, new_hash]),
+            "primary": new_hash,
+            "rotated_at": str(now),
+            "grace_until": str(grace_end),
+        }
+        self._hset_existing(
+            keys=[record_key(key_hash)], args=[item for pair in fields.items() for item in pair]
+        )
+        self._publish(key_hash)
+        return self.get(key_id)[1]
+
     def revoke(self, key_id: str) -> None:
-        key_hash = self.hash_of(key_id)
+        key_hash, raw = self.get(key_id)
+        for alias in (a for a in raw.get("aliases", "").split(",") if a):
+            self.client.delete(record_key(alias))
         # Every key of one API key shares its hash tag: one DEL, one slot.
         self.client.delete(
             record_key(key_hash),

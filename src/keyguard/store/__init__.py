@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from keyguard.errors import StoreError
 from keyguard.policy import SpendResult
-from keyguard.record import KeyRecord
+from keyguard.record import KeyRecord, record_from_hash
 
 EVENTS_CHANNEL = "kg:events"
 # Published on EVENTS_CHANNEL instead of a key hash: every cached record is stale.
@@ -91,6 +91,31 @@ class Settlement:
     model: str = "other"  # the price pattern that priced it, for the usage history
 
 
+# A secret made by `keys rotate` is an alias record at its own hash: ALIAS_FIELD names the
+# hash the key's record lives under, and secret_expires_at ends it (a later rotation's grace).
+ALIAS_FIELD = "alias_of"
+
+
+def read_record(key_hash: str, raw: dict[str, str]) -> KeyRecord:
+    try:
+        return record_from_hash(key_hash, raw)
+    except ValueError as exc:
+        # A hand-edited, unreadable record: treat as a store fault, fail closed.
+        raise StoreError("get_record: unreadable key record") from exc
+
+
+def resolve_alias(target: str, raw: dict[str, str], alias: dict[str, str]) -> KeyRecord | None:
+    """The record an alias leads to, judged by the alias's own secret validity."""
+    if not raw or raw.get("id") != alias.get("id"):
+        return None  # revoked (or an alias left behind)
+    record = read_record(target, raw)
+    expires = alias.get("secret_expires_at", "")
+    try:
+        return replace(record, secret_expires_at=float(expires) if expires else None)
+    except ValueError as exc:
+        raise StoreError("get_record: unreadable key alias") from exc
+
+
 # Entering subscribes (StoreError if it cannot); iterating yields what was published
 # (a key hash, or ALL_KEYS) and raises StoreError when the subscription breaks.
 ChangeFeed = AbstractAsyncContextManager[AsyncIterator[str]]
@@ -144,6 +169,7 @@ class Commands(Protocol):
 
 
 __all__ = [
+    "ALIAS_FIELD",
     "ALL_KEYS",
     "EVENTS_CHANNEL",
     "PRICES_CHANGED",
@@ -156,6 +182,8 @@ __all__ = [
     "StoreError",
     "id_key",
     "ratelimit_key",
+    "read_record",
     "record_key",
+    "resolve_alias",
     "usage_key",
 ]

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 
 from keyguard.errors import StoreError
 from keyguard.policy import SpendResult
-from keyguard.record import STATUS_ACTIVE, TYPE_SUBSCRIPTION, KeyRecord, record_from_hash
-from keyguard.store import Hold, Settlement
+from keyguard.record import STATUS_ACTIVE, TYPE_SUBSCRIPTION, KeyRecord
+from keyguard.store import ALIAS_FIELD, Hold, Settlement, read_record, resolve_alias
 
 _WINDOW_MS = 60_000
 
@@ -93,12 +93,12 @@ class MemoryKeyStore:
             await self.gate.wait()
         self._check("get_record")
         fields = self.records.get(key_hash)
+        if fields and ALIAS_FIELD in fields:
+            target = fields[ALIAS_FIELD]
+            return resolve_alias(target, self.records.get(target, {}), fields)
         if not fields:
             return None
-        try:
-            return record_from_hash(key_hash, fields)
-        except ValueError as exc:
-            raise StoreError("get_record: unreadable key record") from exc
+        return read_record(key_hash, fields)
 
     async def spend(
         self, key_hash: str, cost: int, rpm: int, hold: Hold | None = None

@@ -18,10 +18,11 @@ from prometheus_client import Histogram
 
 from keyguard.errors import BackendError, StoreError
 from keyguard.policy import SpendResult
-from keyguard.record import KeyRecord, record_from_hash
+from keyguard.record import KeyRecord
 from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
 from keyguard.store import (
+    ALIAS_FIELD,
     EVENTS_CHANNEL,
     PRICES_KEY,
     Commands,
@@ -29,7 +30,9 @@ from keyguard.store import (
     Settlement,
     holds_key,
     metered_keys,
+    read_record,
     record_key,
+    resolve_alias,
     settled_key,
     tpm_key,
     usage_key,
@@ -65,13 +68,17 @@ class RedisKeyStore:
         except _FAILURES as exc:
             raise self._failed("get_record", exc) from exc
         self._took(self._durations["get_record"], start)
+        if raw and ALIAS_FIELD in raw:
+            # A secret made by a rotation: the record lives under the key's first hash.
+            alias, target = raw, raw[ALIAS_FIELD]
+            try:
+                raw = await self.commands.hgetall(record_key(target))
+            except _FAILURES as exc:
+                raise self._failed("get_record", exc) from exc
+            return resolve_alias(target, raw, alias)
         if not raw:
             return None
-        try:
-            return record_from_hash(key_hash, raw)
-        except ValueError as exc:
-            # A hand-edited, unreadable record: treat as a store fault, fail closed.
-            raise StoreError("get_record: unreadable key record") from exc
+        return read_record(key_hash, raw)
 
     async def spend(
         self, key_hash: str, cost: int, rpm: int, hold: Hold | None = None
