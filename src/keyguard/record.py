@@ -5,6 +5,7 @@ fields at ``kg:{H}:rec``) and held in the cache. ``record_from_hash`` reads it;
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -44,6 +45,7 @@ class KeyRecord:
     # for a secret made by a rotation, of its alias record (store.get_record).
     secret_expires_at: float | None = None
     rotated_at: float | None = None  # the last `keys rotate`
+    last_used_at: float | None = None  # the last settled request (token metering)
     grace_until: float | None = None  # when the secret it replaced stops working
     # Metering (KEYGUARD_METERING=tokens): credits held by open requests, and the
     # tokens settled so far. Written by the hold and settle scripts.
@@ -51,6 +53,10 @@ class KeyRecord:
     tokens_in: int = 0  # uncached input tokens
     tokens_out: int = 0
     cached_tokens: int = 0  # input tokens read from (or written to) a prompt cache
+    # Metadata for people and the upstream (``keys create --env/--owner/--meta``); "" = none.
+    env: str = ""  # e.g. live, test: sent upstream as x-keyguard-key-env
+    owner: str = ""  # e.g. team-a: sent upstream as x-keyguard-key-owner
+    meta: str = ""  # a compact JSON object of strings, as stored; parse_meta reads it
 
     @property
     def metered(self) -> bool:
@@ -77,6 +83,19 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
             raise ValueError("empty entry in IP list")
         nets.append(ipaddress.ip_network(item, strict=False))
     return tuple(nets)
+
+
+def parse_meta(text: str) -> dict[str, str]:
+    """The stored ``meta`` field as a dict ("" = none); raises ValueError on bad input.
+    Only the management side reads it: the decision path never parses it."""
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError("meta is not an object of strings")
+    return value
 
 
 def record_from_hash(key_hash: str, raw: dict[str, str]) -> KeyRecord:
@@ -108,11 +127,15 @@ def record_from_hash(key_hash: str, raw: dict[str, str]) -> KeyRecord:
         tpm=_int(raw, "tpm"),
         secret_expires_at=_float_or_none(raw, "secret_expires_at"),
         rotated_at=_float_or_none(raw, "rotated_at"),
+        last_used_at=_float_or_none(raw, "last_used_at"),
         grace_until=_float_or_none(raw, "grace_until"),
         held=_int(raw, "held"),
         tokens_in=_int(raw, "tokens_in"),
         tokens_out=_int(raw, "tokens_out"),
         cached_tokens=_int(raw, "cached_tokens"),
+        env=raw.get("env", ""),
+        owner=raw.get("owner", ""),
+        meta=raw.get("meta", ""),
     )
 
 

@@ -52,7 +52,10 @@ async def backend(kind: str, redis_url: str) -> AsyncIterator[Backend]:
         yield Backend(memory, memory.put, lambda h: memory.records[h])
         return
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    store = make_store(replace(Settings(), redis_url=redis_url), Metrics(CollectorRegistry()))
+    # A generous timeout: these tests are about what the scripts do, and a busy machine
+    # must not turn hundreds of concurrent calls into timeouts.
+    settings = replace(Settings(), redis_url=redis_url, redis_timeout=5.0)
+    store = make_store(settings, Metrics(CollectorRegistry()))
     try:
         yield Backend(
             store,

@@ -237,6 +237,8 @@ class MemoryKeyStore:
                     if count:
                         field = f"{item.model}|{kind}"
                         day[field] = day.get(field, 0) + count
+        if rec is not None and out:
+            rec["last_used_at"] = str(int(now_ms // 1000))
         tpm = _int(rec, "tpm") if rec is not None else 0
         if tpm > 0 and tokens > 0:
             tat = max(self._token_tats.get(key_hash, now_ms), now_ms)

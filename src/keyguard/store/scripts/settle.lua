@@ -68,6 +68,9 @@ for i = 3, #ARGV, 7 do
   end
 end
 
+if exists and #out > 0 then
+  redis.call('HSET', rec, 'last_used_at', string.format('%d', math.floor(now_ms / 1000)))
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - keep_ms)
 redis.call('PEXPIRE', KEYS[3], keep_ms)
 if history_ms > 0 and exists then redis.call('PEXPIRE', KEYS[5], history_ms) end
