@@ -53,6 +53,9 @@ class Settings:
     require_stream_usage: bool = False
     # Days of per-key, per-day, per-model usage history kept (0: none is written).
     usage_retention_days: int = 90
+    # Low-balance alerts are also POSTed here (JSON, signed with the secret), if set.
+    alert_webhook_url: str = ""
+    alert_webhook_secret: str = ""
     strip_credentials: bool = True
     xff_trusted_hops: int = 0
     on_store_error: str = "deny"
@@ -77,6 +80,10 @@ class Settings:
         """The settings for the first log line, with the Redis password hidden."""
         out = dataclasses.asdict(self)
         out["redis_url"] = mask_url(self.redis_url)
+        # Only where alerts go: a webhook URL may carry a token in its path or query.
+        hook = urlsplit(self.alert_webhook_url)
+        out["alert_webhook_url"] = f"{hook.scheme}://{hook.hostname}" if hook.hostname else ""
+        out["alert_webhook_secret"] = "***" if self.alert_webhook_secret else ""
         return out
 
 
@@ -245,6 +252,14 @@ def validate(s: Settings) -> None:
         )
     if s.hold_ttl < 1:
         raise SettingsError(f"KEYGUARD_HOLD_TTL={s.hold_ttl:g}: must be at least 1 (seconds)")
+    if s.alert_webhook_url:
+        scheme = s.alert_webhook_url.partition(":")[0].lower()
+        if scheme not in ("http", "https") or "://" not in s.alert_webhook_url:
+            raise SettingsError("KEYGUARD_ALERT_WEBHOOK_URL: expected an http:// or https:// URL")
+        if not s.alert_webhook_secret:
+            raise SettingsError(
+                "KEYGUARD_ALERT_WEBHOOK_URL needs KEYGUARD_ALERT_WEBHOOK_SECRET (to sign the calls)"
+            )
     if s.usage_retention_days > 3660:
         raise SettingsError("KEYGUARD_USAGE_RETENTION_DAYS must be at most 3660 (ten years)")
     if s.default_max_output < 1:

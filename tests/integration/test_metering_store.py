@@ -310,3 +310,18 @@ def test_no_history_is_written_when_retention_is_zero(redis_url: str) -> None:
             client.close()
 
     run("redis", redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_low_balance_crossing_is_reported_once(kind: str, redis_url: str) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="1000", alert_below="30%")
+        key_id = b.get(h)["id"]
+        assert await b.store.settle(h, [Settlement("a", 0, 600)]) == ["unheld"]
+        crossed = await b.store.settle(h, [Settlement("b", 0, 150)])
+        assert crossed == ["unheld", f"alert|{key_id}|250|300"]
+        assert await b.store.settle(h, [Settlement("c", 0, 10)]) == ["unheld"]
+        assert await b.store.note_alert("alert", key_id, 250, 300) == 1
+        assert await b.store.note_alert("rearm", key_id, 0, 0) == 0
+
+    run(kind, redis_url, body)

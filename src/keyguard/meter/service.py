@@ -34,6 +34,7 @@ from keyguard.meter.settle import (
     Outcome,
     assess,
 )
+from keyguard.runtime.alerts import Alerts
 from keyguard.runtime.metrics import Metrics
 from keyguard.runtime.tasks import BackgroundTask
 from keyguard.store import KeyStore
@@ -55,10 +56,12 @@ class Settler(BackgroundTask):
         interval: float = 0.05,
         retry: float = 0.5,
         history_days: int = 0,
+        alerts: Alerts | None = None,
     ) -> None:
         super().__init__()
         self.store = store
         self.history_days = history_days
+        self.alerts = alerts
         self.metrics = metrics
         self.interval = interval
         self.retry = retry
@@ -116,8 +119,12 @@ class Settler(BackgroundTask):
                 for item in batch[key]:
                     self._requeue(item)
                 continue
-            for item, word in zip(batch[key], result, strict=False):
+            items = batch[key]
+            for item, word in zip(items, result, strict=False):
                 self._record(item, word)
+            for event in result[len(items) :]:  # low-balance crossings, once each
+                if self.alerts is not None:
+                    await self.alerts.handle(event)
         if failed is not None:
             raise failed
 

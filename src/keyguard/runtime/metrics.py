@@ -173,6 +173,23 @@ class Metrics:
             "Holds released unsettled after KEYGUARD_HOLD_TTL (charging nothing).",
             registry=registry,
         )
+        self.alerts = Counter(
+            "keyguard_low_balance_alerts",
+            "Low-balance crossings found at settlement (one per crossing).",
+            registry=registry,
+        )
+        self.keys_below_alert = Gauge(
+            "keyguard_keys_below_alert",
+            "Keys whose balance is below their alert threshold now (fleet-wide, from Redis).",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.alert_webhooks = Counter(
+            "keyguard_alert_webhooks",
+            "Low-balance webhook deliveries by result (delivered|failed|dropped).",
+            ["result"],
+            registry=registry,
+        )
         # Resolve label children once: labels() is a dict lookup plus locking.
         allow = {r: self.decisions.labels("allow", r.value) for r in (Reason.OK,)}
         self.allow_ok = allow[Reason.OK]

@@ -23,6 +23,7 @@ from keyguard.errors import StartupError, StoreError
 from keyguard.meter.pricebook import PriceBook
 from keyguard.meter.service import SettlementService, Settler, add_settlement
 from keyguard.runtime import logs
+from keyguard.runtime.alerts import Alerts, WebhookSender
 from keyguard.runtime.health import HealthReporter, HealthServicer
 from keyguard.runtime.invalidation import InvalidationListener
 from keyguard.runtime.metrics import Metrics, serve_metrics
@@ -115,7 +116,11 @@ async def serve(
     prices = PriceBook()
     listener = InvalidationListener(store, cache, prices=prices)
     flusher = UsageFlusher(store)
-    settler = Settler(store, metrics, history_days=settings.usage_retention_days)
+    webhook = None
+    if settings.alert_webhook_url:
+        webhook = WebhookSender(settings.alert_webhook_url, settings.alert_webhook_secret, metrics)
+    alerts = Alerts(store, metrics, webhook)
+    settler = Settler(store, metrics, history_days=settings.usage_retention_days, alerts=alerts)
 
     # SO_REUSEPORT only when workers share a port on purpose: otherwise a
     # leftover server would silently take half of the connections.
@@ -146,6 +151,8 @@ async def serve(
     reporter.start()
     flusher.start()
     settler.start()
+    if webhook is not None:
+        webhook.start()
     log.info("started", version=__version__, pid=os.getpid(), settings=settings.masked())
 
     stop = asyncio.Event()
@@ -167,6 +174,8 @@ async def serve(
     await listener.stop()
     await flusher.stop()  # and writes what the last Checks counted
     await settler.stop()  # and what the last access log entries reported
+    if webhook is not None:
+        await webhook.stop()
     await store.close()
     log.info("stopped")
     logs.flush()

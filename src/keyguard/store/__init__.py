@@ -28,6 +28,11 @@ IDS_SET = "kg:ids"
 # The price table: a hash of model pattern → Price JSON (keyguard.prices). A change
 # publishes PRICES_CHANGED on EVENTS_CHANNEL; every server then reloads the table.
 PRICES_KEY = "kg:prices"
+# Low-balance alerts: a bounded stream of crossings and the set of key ids below their
+# threshold now; one hash tag, so one script can write both on a cluster.
+ALERTS_STREAM = "kg:{alerts}:stream"
+ALERTS_BELOW = "kg:{alerts}:below"
+ALERTS_MAXLEN = 10_000
 PRICES_CHANGED = "prices"
 KEY_PREFIX = "kg:"
 
@@ -142,6 +147,11 @@ class KeyStore(Protocol):
         """The stored price table: model pattern → Price JSON."""
         ...
 
+    async def note_alert(self, kind: str, key_id: str, remaining: int, threshold: int) -> int:
+        """Record a low-balance crossing ("alert") or its end ("rearm"); answers how many
+        keys are below their threshold now."""
+        ...
+
     def add_usage(self, key_hash: str, units: int) -> None: ...
 
     async def flush_usage(self) -> None: ...
@@ -169,6 +179,9 @@ class Commands(Protocol):
 
 
 __all__ = [
+    "ALERTS_BELOW",
+    "ALERTS_MAXLEN",
+    "ALERTS_STREAM",
     "ALIAS_FIELD",
     "ALL_KEYS",
     "EVENTS_CHANNEL",

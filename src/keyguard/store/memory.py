@@ -39,6 +39,31 @@ def _int(fields: dict[str, str], name: str) -> int:
     return int(value) if value else 0
 
 
+def _alert_words(rec: dict[str, str]) -> list[str]:
+    """settle.lua's low-balance check: fire once below the threshold, re-arm above it."""
+    setting = rec.get("alert_below", "")
+    if not setting:
+        return []
+    remaining = _int(rec, "remaining")
+    if setting.endswith("%"):
+        base = _int(rec, "cycle_quota")
+        if rec.get("type") != TYPE_SUBSCRIPTION:
+            base = remaining + _int(rec, "used") - _int(rec, "payg_used")
+        threshold = base * int(setting[:-1]) // 100
+    else:
+        threshold = int(setting)
+    if threshold <= 0:
+        return []
+    armed = rec.get("alert_armed") != "0"
+    if armed and remaining < threshold:
+        rec["alert_armed"] = "0"
+        return [f"alert|{rec.get('id', '')}|{remaining}|{threshold}"]
+    if not armed and remaining >= threshold:
+        rec["alert_armed"] = "1"
+        return [f"rearm|{rec.get('id', '')}"]
+    return []
+
+
 def _today(now: float) -> str:
     return datetime.fromtimestamp(now, tz=UTC).date().isoformat()
 
@@ -60,6 +85,8 @@ class MemoryKeyStore:
         self.settled: dict[str, set[str]] = {}
         self.prices: dict[str, str] = {}  # model pattern → Price JSON, as kg:prices holds
         self.usage: dict[tuple[str, str], dict[str, int]] = {}  # (hash, UTC day) → fields
+        self.alerts: list[dict[str, object]] = []  # the alert stream
+        self.below: set[str] = set()  # key ids below their threshold
         self._pending_usage: dict[str, int] = {}
         self._feeds: list[asyncio.Queue[str]] = []
         # Test controls and counters.
@@ -239,6 +266,8 @@ class MemoryKeyStore:
                         day[field] = day.get(field, 0) + count
         if rec is not None and out:
             rec["last_used_at"] = str(int(now_ms // 1000))
+        if rec is not None and rec.get("unlimited") != "1":
+            out += _alert_words(rec)
         tpm = _int(rec, "tpm") if rec is not None else 0
         if tpm > 0 and tokens > 0:
             tat = max(self._token_tats.get(key_hash, now_ms), now_ms)
@@ -248,6 +277,15 @@ class MemoryKeyStore:
     async def get_prices(self) -> dict[str, str]:
         self._check("prices")
         return dict(self.prices)
+
+    async def note_alert(self, kind: str, key_id: str, remaining: int, threshold: int) -> int:
+        self._check("settle")
+        if kind == "alert":
+            self.alerts.append({"key_id": key_id, "remaining": remaining, "threshold": threshold})
+            self.below.add(key_id)
+        else:
+            self.below.discard(key_id)
+        return len(self.below)
 
     def add_usage(self, key_hash: str, units: int) -> None:
         self._pending_usage[key_hash] = self._pending_usage.get(key_hash, 0) + units

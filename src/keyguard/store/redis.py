@@ -22,6 +22,9 @@ from keyguard.record import KeyRecord
 from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
 from keyguard.store import (
+    ALERTS_BELOW,
+    ALERTS_MAXLEN,
+    ALERTS_STREAM,
     ALIAS_FIELD,
     EVENTS_CHANNEL,
     PRICES_KEY,
@@ -38,7 +41,7 @@ from keyguard.store import (
     usage_key,
 )
 from keyguard.store.commands import make_commands
-from keyguard.store.scripts import ADD_USED, SETTLE, SPEND
+from keyguard.store.scripts import ADD_USED, ALERT, SETTLE, SPEND
 
 # How long a settled hold id is remembered: a settlement delivered again within this
 # time (a batch retried after its reply was lost) charges nothing the second time.
@@ -145,6 +148,14 @@ class RedisKeyStore:
             raise self._failed("prices", exc) from exc
         self._took(self._durations["prices"], start)
         return raw
+
+    async def note_alert(self, kind: str, key_id: str, remaining: int, threshold: int) -> int:
+        args = (kind, key_id, remaining, threshold, ALERTS_MAXLEN)
+        try:
+            out = await self.commands.evalsha(ALERT, (ALERTS_STREAM, ALERTS_BELOW), args)
+        except _FAILURES as exc:
+            raise self._failed("settle", exc) from exc
+        return int(out)
 
     def add_usage(self, key_hash: str, units: int) -> None:
         """Count usage of an unlimited key locally; flush_usage writes it in batches."""

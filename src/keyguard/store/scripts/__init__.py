@@ -16,6 +16,7 @@ def script_sha(script: str) -> str:
 
 SPEND = _read("spend.lua")
 SETTLE = _read("settle.lua")
+ALERT = _read("alert.lua")
 ADD_USED = _read("add_used.lua")
 HSET_EXISTING = _read("hset_existing.lua")
 TOPUP = _read("topup.lua")

@@ -7,7 +7,10 @@
 -- then 7 values per hold: id, credits held (0: none), credits to charge,
 --   uncached input tokens, cached input tokens, output tokens, model (price pattern)
 -- Returns one word per hold: 'settled' (its hold released), 'unheld' (no open hold:
--- none was placed, or it had expired; charged all the same), 'duplicate' (charged before).
+-- none was placed, or it had expired; charged all the same), 'duplicate' (charged before);
+-- then, when the balance crossed the key's low-balance threshold (alert_below: credits,
+-- or a percentage of the quota) downwards, 'alert|<key id>|<remaining>|<threshold>', once
+-- per crossing; or 'rearm|<key id>' when it is back above it (after a top-up or a reset).
 local rec = KEYS[1]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -74,6 +77,35 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - keep_ms)
 redis.call('PEXPIRE', KEYS[3], keep_ms)
 if history_ms > 0 and exists then redis.call('PEXPIRE', KEYS[5], history_ms) end
+
+-- Low-balance alert: fire once when the balance falls below the threshold, re-arm once it
+-- is back at or above it.
+if exists and f[2] ~= '1' then
+  local a = redis.call('HMGET', rec, 'alert_below', 'alert_armed', 'remaining', 'used',
+    'payg_used', 'cycle_quota')
+  local setting = a[1] or ''
+  if setting ~= '' then
+    local remaining = tonumber(a[3]) or 0
+    local threshold = tonumber(string.match(setting, '^(%d+)$'))
+    local percent = tonumber(string.match(setting, '^(%d+)%%$'))
+    if percent then
+      local base = tonumber(a[6]) or 0
+      if f[4] ~= 'subscription' then
+        base = remaining + (tonumber(a[4]) or 0) - (tonumber(a[5]) or 0)
+      end
+      threshold = math.floor(base * percent / 100)
+    end
+    if threshold and threshold > 0 then
+      if a[2] ~= '0' and remaining < threshold then
+        redis.call('HSET', rec, 'alert_armed', '0')
+        out[#out + 1] = string.format('alert|%s|%d|%d', f[1], remaining, threshold)
+      elseif a[2] == '0' and remaining >= threshold then
+        redis.call('HSET', rec, 'alert_armed', '1')
+        out[#out + 1] = 'rearm|' .. f[1]
+      end
+    end
+  end
+end
 
 -- Tokens per minute: each token takes 60000/tpm ms of the minute's budget.
 local tpm = tonumber(f[5]) or 0
