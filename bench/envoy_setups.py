@@ -8,6 +8,12 @@ HTTP filters still run before the router: ext_authz checks every request first.
 Setups differ only in the auth filter: none, Envoy's native api_key_auth, or the
 deployed ext_authz filter pointed at the floor servicer, keyguard over TCP, or keyguard
 over a Unix socket.
+
+The metering setups keep everything of envoy.yaml (ext_authz, the usage filters, the gRPC
+access log to keyguard) and answer every request with an OpenAI chat completion that
+carries its usage (`application/json`), so json_to_metadata reads it and the access log
+brings it to keyguard as a real upstream's answer would; only the keyguard they call
+differs (metering on or off).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from bench.payloads import chat_completion_response
 from harness.envoy import rewrite_config, validate_config, write_config
 from harness.net import free_port
 from harness.paths import DEFAULT_CONFIG, UNIX_CONFIG
@@ -54,6 +61,21 @@ def _direct_response_catch_all(hcm: dict[str, Any]) -> None:
                 route["direct_response"] = {"status": 200, "body": {"inline_string": DIRECT_BODY}}
                 return
     raise ValueError("the deployed config has no catch-all prefix / route")
+
+
+def _json_response_catch_all(hcm: dict[str, Any], body: bytes) -> None:
+    """The catch-all route answers `body` as application/json, as an LLM API would."""
+    _direct_response_catch_all(hcm)
+    for vhost in hcm["route_config"]["virtual_hosts"]:
+        for route in vhost["routes"]:
+            if route["match"].get("prefix") == "/":
+                route["direct_response"]["body"] = {"inline_string": body.decode()}
+                route["response_headers_to_add"] = [
+                    {
+                        "header": {"key": "content-type", "value": "application/json"},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ]
 
 
 def _drop_auth_filter(hcm: dict[str, Any]) -> int:
@@ -135,6 +157,32 @@ def render_setups(
                 checks_with = "api_key_auth"
         path = write_config(doc, out_dir / f"envoy-{name}.yaml")
         setups.append(EnvoySetup(name, label, path, listen_port, admin_port, checks_with))
+    return setups
+
+
+def render_metering_setups(
+    out_dir: Path, *, metering_off_port: int, metering_on_port: int
+) -> list[EnvoySetup]:
+    """envoy.yaml as deployed, answering JSON chat completions with usage, calling a
+    keyguard with KEYGUARD_METERING=request (off) or =tokens (on)."""
+    source = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    setups: list[EnvoySetup] = []
+    for name, label, port in (
+        ("metering_off", "metering off (KEYGUARD_METERING=request)", metering_off_port),
+        ("metering_on", "metering on (KEYGUARD_METERING=tokens)", metering_on_port),
+    ):
+        doc = copy.deepcopy(source)
+        listen_port, admin_port = free_port(), free_port()
+        rewrite_config(
+            doc,
+            listen_port=listen_port,
+            admin_port=admin_port,
+            upstream_port=free_port(),  # never contacted (direct_response)
+            keyguard_port=port,
+        )
+        _json_response_catch_all(_hcm(doc), chat_completion_response())
+        path = write_config(doc, out_dir / f"envoy-{name}.yaml")
+        setups.append(EnvoySetup(name, label, path, listen_port, admin_port, "ext_authz"))
     return setups
 
 

@@ -8,6 +8,7 @@ placeholder in the captured bytes gives exactly what Envoy sends for each key.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -17,6 +18,12 @@ PLACEHOLDER_KEY = "sk-" + "P" * KEY_BODY_LEN
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
 MODEL = "gpt-4o-mini"
 ALLOWED_MODELS = "gpt-4o-mini,gpt-4o"
+# MODEL's price for the metered setups, credits per 1M tokens (1 credit = 1 micro-dollar).
+PRICE_INPUT = 150_000
+PRICE_OUTPUT = 600_000
+# The usage every response of the metered Envoy setups reports (an OpenAI chat completion).
+USAGE_PROMPT_TOKENS = 21
+USAGE_COMPLETION_TOKENS = 9
 
 _WORDS = [
     "the",
@@ -105,6 +112,45 @@ def chat_body_4k(target: int = 4096) -> bytes:
     return raw
 
 
+def usage_cost() -> int:
+    """What one such response costs at PRICE_*, by the documented formula (README,
+    Metering), not by keyguard's code: the benchmark checks keyguard's charges with it."""
+    units = USAGE_PROMPT_TOKENS * PRICE_INPUT + USAGE_COMPLETION_TOKENS * PRICE_OUTPUT
+    return math.ceil(units / 1_000_000)
+
+
+def chat_completion_response() -> bytes:
+    """A non-streamed OpenAI chat completion with its usage, as an upstream answers."""
+    body = {
+        "id": "chatcmpl-bench0000000000000000",
+        "object": "chat.completion",
+        "created": 1_764_000_000,
+        "model": MODEL + "-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Refunds are issued within 14 days of a return.",
+                    "refusal": None,
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": USAGE_PROMPT_TOKENS,
+            "completion_tokens": USAGE_COMPLETION_TOKENS,
+            "total_tokens": USAGE_PROMPT_TOKENS + USAGE_COMPLETION_TOKENS,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_bench",
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def frame(message: bytes) -> bytes:
     """One gRPC length-prefixed message: uncompressed flag, 4-byte big-endian length."""
     return b"\x00" + struct.pack(">I", len(message)) + message
@@ -121,4 +167,10 @@ def with_key(captured: bytes, key: str) -> bytes:
 
 def write_body(path: Path, message: bytes) -> Path:
     path.write_bytes(frame(message))
+    return path
+
+
+def write_raw(path: Path, body: bytes) -> Path:
+    """An HTTP request body as it is, for h2load -d."""
+    path.write_bytes(body)
     return path

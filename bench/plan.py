@@ -37,6 +37,9 @@ class Plan:
         ("api_key_auth", "floor", "keyguard_tcp"), ("api_key_auth", "keyguard_tcp")
     )
     rate_rounds: int = setting(3, 1)
+    # Token metering through Envoy: requests per round per mode (all answered), rounds.
+    meter_requests: int = setting(15_000, 2_000)
+    meter_rounds: int = setting(5, 1)
 
     @classmethod
     def full(cls) -> Plan:

@@ -56,6 +56,23 @@ def upstream_header(resp: CheckResponse, name: str) -> str:
     return ""
 
 
+def hold_metadata(resp: CheckResponse) -> dict[str, str]:
+    """The settlement ticket keyguard hands Envoy in an allow's dynamic_metadata."""
+    fields = resp.dynamic_metadata.fields
+    return {name: str(value.string_value or value.number_value) for name, value in fields.items()}
+
+
+def metric_by_label(text: str, name: str, label: str) -> dict[str, float]:
+    """Every sample of `name`, keyed by the value of one label: {"usage": 12.0, ...}."""
+    out: dict[str, float] = {}
+    prefix = f'{name}{{{label}="'
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            head, _, value = line.rpartition(" ")
+            out[head[len(prefix) :].partition('"')[0]] = float(value)
+    return out
+
+
 def deny_reason(resp: CheckResponse) -> str:
     for option in resp.denied_response.headers:
         if option.header.key == "x-keyguard-reason":
@@ -63,17 +80,24 @@ def deny_reason(resp: CheckResponse) -> str:
     return ""
 
 
-def http_status(url: str, headers: Mapping[str, str], timeout: float = 5.0) -> int:
-    """One HTTP/1.1 GET, with curl when installed, ignoring proxy settings."""
+def http_status(
+    url: str, headers: Mapping[str, str], timeout: float = 5.0, body: bytes | None = None
+) -> int:
+    """One HTTP/1.1 GET (a POST of `body` if given), with curl when installed, ignoring
+    proxy settings."""
     if shutil.which("curl"):
         cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "*"]
         cmd += ["--max-time", str(timeout)]
         for name, value in headers.items():
             cmd += ["-H", f"{name}: {value}"]
-        out = subprocess.run([*cmd, url], capture_output=True, text=True, check=False)
-        return int(out.stdout.strip() or 0)
+        if body is not None:
+            cmd += ["--data-binary", "@-"]
+        out = subprocess.run([*cmd, url], input=body or b"", capture_output=True, check=False)
+        return int(out.stdout.decode().strip() or 0)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, headers=dict(headers))  # noqa: S310 (http:// only)
+    request = urllib.request.Request(  # noqa: S310 (http:// only)
+        url, data=body, headers=dict(headers), method="POST" if body is not None else "GET"
+    )
     try:
         with opener.open(request, timeout=timeout) as resp:
             return int(resp.status)

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
+from bench.rounds import paired_ratio
+
 
 def _target(
     tid: str, description: str, value: float, limit: float, op: str, note: str = ""
@@ -27,15 +29,6 @@ def _target(
         "pass": bool(passed),
         "note": note,
     }
-
-
-def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
-    """The median of run-by-run ratios: each run divided by the run of the same round.
-
-    Setups take turns, so the two runs of a round saw the same state of the machine;
-    dividing within a round cancels slow drifts that a ratio of medians would keep.
-    """
-    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,6 +68,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             1.5,
             "<=",
             f"medians {cpu['c_quota_rpm']} vs {floor} µs",
+        ),
+        _target(
+            "c_tokens_cpu",
+            "(c) token metering: quota key + rpm, a hold placed (one Redis call): "
+            "CPU/Check ÷ floor",
+            paired_ratio(runs["c_tokens_hold"], runs["floor"]),
+            1.3,
+            "<=",
+            f"medians {cpu['c_tokens_hold']} vs {floor} µs; the same key in request units "
+            f"(the (c) above): {paired_ratio(runs['c_quota_rpm'], runs['floor']):.2f}x, so "
+            f"the hold adds {paired_ratio(runs['c_tokens_hold'], runs['c_quota_rpm']):.2f}x",
         ),
         _target(
             "d_cpu",
@@ -122,10 +126,57 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
     ]
     # Figures that include failed requests are not figures of real decisions.
-    for target, errors in ((out[3], e2e_errors), (out[4], rate_errors)):
+    for target, errors in ((out[4], e2e_errors), (out[5], rate_errors)):
         if errors:
             target["pass"] = False
             target["note"] += f"; {errors} requests failed or were not 200, so this fails"
+    out += metering_targets(results["metering"])
+    return out
+
+
+def metering_targets(meter: dict[str, Any]) -> list[dict[str, Any]]:
+    on, off = meter["metering_on"], meter["metering_off"]
+    requests = on["requests"]
+    out = [
+        _target(
+            "metering_rps",
+            "Token metering through Envoy, one metered key, JSON with usage: requests/s on ÷ off",
+            meter["rps_ratio"],
+            0.85,
+            ">=",
+            f"medians {on['rps']:.0f} vs {off['rps']:.0f} rps; keyguard CPU per request "
+            f"(Check + settlement) {on['keyguard_cpu_us_per_request']} vs "
+            f"{off['keyguard_cpu_us_per_request']} µs ({meter['keyguard_cpu_ratio']:.2f}x), "
+            f"Envoy {on['envoy_cpu_us_per_request']} vs {off['envoy_cpu_us_per_request']} µs",
+        ),
+        _target(
+            "metering_spend_calls",
+            "Token metering: spend.lua calls per request at Check (keyguard's count)",
+            on["spend_calls"] / requests,
+            1.0,
+            "<=",
+            f"{on['spend_calls']:,} for {requests:,} requests; metering off: "
+            f"{off['spend_calls'] / off['requests']:.2f}",
+        ),
+        _target(
+            "metering_settle_calls",
+            "Token metering: settle.lua calls per request (batched per key)",
+            on["settle_calls"] / requests,
+            0.2,
+            "<=",
+            f"{on['settle_calls']:,} for {requests:,} requests; all EVALSHA in Redis "
+            f"commandstats {on['redis_scripts'] / requests:.3f} per request",
+        ),
+    ]
+    # A round that did not prove its settlement (used, held, counts) proves nothing.
+    problems = on["problems"] + off["problems"]
+    if problems or on["non_2xx"] or off["non_2xx"]:
+        for target in out:
+            target["pass"] = False
+            target["note"] += (
+                f"; fails: {on['non_2xx'] + off['non_2xx']} requests not 2xx, "
+                + "; ".join(problems[:3])
+            )
     return out
 
 
@@ -266,7 +317,56 @@ def markdown(results: dict[str, Any]) -> str:
     for count in ("1", "2"):
         lines.append(f"| {count} | {wk[count]['rps']:,.0f} | {wk[count]['cpu_us_per_check']:.1f} |")
     lines += ["", f"Speed-up with 2 workers: {wk['speedup']}x.", ""]
+    lines += metering_markdown(results["metering"])
     return "\n".join(lines)
+
+
+def metering_markdown(meter: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 5. Token metering through Envoy (one metered key, JSON responses with usage)",
+        "",
+        "The deployed envoy.yaml (ext_authz, json_to_metadata / sse_to_metadata, the gRPC "
+        "access log to keyguard), its catch-all route answering a "
+        f"{meter['response']} (cost {meter['cost_per_response']} credits each at the price "
+        "set), in front of keyguard with KEYGUARD_METERING=tokens (on: a hold at Check, "
+        "settled in batches from the access log) or =request (off: the same spend.lua call "
+        f"spends one unit). Load: {meter['load']}. keyguard's CPU runs until the key holds "
+        "nothing, so it includes settlement. spend and settle calls are keyguard's own "
+        "per-operation counts; EVALSHA is Redis's commandstats (all scripts).",
+        "",
+        "| Mode | Requests/s (median) | runs | keyguard µs CPU/req | Envoy µs CPU/req | "
+        "Redis µs CPU/req | spend.lua/req | settle.lua/req | EVALSHA/req | used grew by "
+        "(expected) | held after | other load, % CPU |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name in ("metering_off", "metering_on"):
+        row = meter[name]
+        requests = row["requests"]
+        rps_runs = " ".join(f"{r:,.0f}" for r in row["rps_runs"])
+        other = " ".join(f"{o:.0f}" for o in row["other_load_pct_runs"])
+        lines.append(
+            f"| {row['label']} | {row['rps']:,.0f} | {rps_runs} | "
+            f"{row['keyguard_cpu_us_per_request']:.1f} | {row['envoy_cpu_us_per_request']:.1f} "
+            f"| {row['redis_cpu_us_per_request']:.1f} | {row['spend_calls'] / requests:.3f} | "
+            f"{row['settle_calls'] / requests:.4f} | {row['redis_scripts'] / requests:.3f} | "
+            f"{row['used_delta']:,} ({row['used_expected']:,}) | "
+            f"{', '.join(str(h) for h in row['held_after'])} | {other} |"
+        )
+    lines += [
+        "",
+        f"On ÷ off (medians of per-round ratios): requests/s {meter['rps_ratio']:.2f}x, "
+        f"keyguard CPU per request {meter['keyguard_cpu_ratio']:.2f}x. Settlements (on): "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(meter["metering_on"]["settlements"].items()))
+        + ".",
+        "",
+    ]
+    for name in ("metering_off", "metering_on"):
+        lines.append(f"- {meter[name]['label']}: {meter[name]['verified']}.")
+    problems = meter["metering_on"]["problems"] + meter["metering_off"]["problems"]
+    if problems:
+        lines += ["", "Problems: " + "; ".join(problems) + "."]
+    lines.append("")
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

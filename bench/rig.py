@@ -8,6 +8,7 @@ ends, failed or not.
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import sys
 import tempfile
@@ -19,14 +20,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench import loadgen
-from bench.envoy_setups import EnvoySetup, capture_config, render_setups, validate_all
+from bench.envoy_setups import (
+    EnvoySetup,
+    capture_config,
+    render_metering_setups,
+    render_setups,
+    validate_all,
+)
 from bench.payloads import (
     ALLOWED_MODELS,
+    MODEL,
     PLACEHOLDER_KEY,
+    PRICE_INPUT,
+    PRICE_OUTPUT,
     chat_body_4k,
     small_chat_body,
     with_key,
     write_body,
+    write_raw,
 )
 from bench.plan import Plan, Progress
 from bench.probes import http_status
@@ -73,6 +84,26 @@ def bench_keyguard(
     )
 
 
+def set_price(redis_url: str) -> None:
+    """`keyguard prices set MODEL` in-process: the metered keys' model gets its price."""
+    from keyguard.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        amounts = ["--input", str(PRICE_INPUT), "--output", str(PRICE_OUTPUT)]
+        code = main(["prices", "set", MODEL, *amounts, "--redis-url", redis_url])
+    if code != 0:
+        raise RuntimeError(f"keyguard prices set {MODEL} exited with {code}")
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What a load sends through an Envoy setup: one key, and a JSON body to POST (a file
+    for h2load) or none (GET)."""
+
+    key_name: str
+    body: Path | None = None
+
+
 @dataclass
 class RunningSetup:
     setup: EnvoySetup
@@ -109,12 +140,21 @@ class Rig:
         say(f"redis-server on :{self.redis_server.port}")
         url = self.redis_server.url
         unlimited = ["--unlimited"]
+        metered = ("--quota", "1000000000000", "--rpm", "100000000")
         self.keys = {
             "unlimited": create_key(url, *unlimited),
-            "quota": create_key(url, "--quota", "1000000000000", "--rpm", "100000000"),
+            "quota": create_key(url, *metered),
             "models": create_key(url, *unlimited, "--models", ALLOWED_MODELS),
+            # Token metering: one key for direct Checks (their holds are never settled),
+            # one for the load through Envoy (every hold settled, `used` checked).
+            "metered": create_key(url, *metered),
+            "metered_e2e": create_key(url, *metered),
         }
-        say("keys created: unlimited, quota+rpm, unlimited+model list")
+        set_price(url)
+        say(
+            "keys created: unlimited, quota+rpm (3), unlimited+model list; "
+            f"price set for {MODEL} (input {PRICE_INPUT:,}, output {PRICE_OUTPUT:,} per 1M)"
+        )
 
         socket = str(self.tmp / "keyguard.sock")
         self.floor = self.track(FloorServer())
@@ -127,6 +167,11 @@ class Rig:
         workers2 = {"KEYGUARD_WORKERS": "2"}
         self.kg_workers2 = self.track(bench_keyguard("keyguard-workers2", url, workers2))
         self.kg_flood = self.track(bench_keyguard("keyguard-flood", url, {}))
+        # Token metering on and off: the same server but for KEYGUARD_METERING.
+        tokens = {"KEYGUARD_METERING": "tokens"}
+        self.kg_meter_on = self.track(bench_keyguard("keyguard-metering-on", url, tokens))
+        request = {"KEYGUARD_METERING": "request"}
+        self.kg_meter_off = self.track(bench_keyguard("keyguard-metering-off", url, request))
         servers: list[FloorServer | KeyguardServer] = [
             self.floor,
             self.capture,
@@ -135,6 +180,8 @@ class Rig:
             self.kg_nolog,
             self.kg_workers2,
             self.kg_flood,
+            self.kg_meter_on,
+            self.kg_meter_off,
         ]
         # Start them all at once and wait once: imports dominate start-up.
         for server in servers:
@@ -153,9 +200,15 @@ class Rig:
             keyguard_socket=socket,
             api_keys={"bench": self.keys["unlimited"]["key"]},
         )
+        self.metering_setups = render_metering_setups(
+            self.tmp,
+            metering_off_port=self.kg_meter_off.port,
+            metering_on_port=self.kg_meter_on.port,
+        )
         capture_path, cap_listen, cap_admin = capture_config(self.tmp, self.capture.port)
-        validate_all([s.config for s in self.setups] + [capture_path])
-        say(f"{len(self.setups) + 1} Envoy configs pass `envoy --mode validate`")
+        configs = [s.config for s in self.setups + self.metering_setups] + [capture_path]
+        validate_all(configs)
+        say(f"{len(configs)} Envoy configs pass `envoy --mode validate`")
         self._capture(capture_path, cap_listen, cap_admin)
 
     def _capture(self, config: Path, listen_port: int, admin_port: int) -> None:
@@ -190,10 +243,12 @@ class Rig:
         self.release(self.capture)
         sizes = ", ".join(f"{k} {len(v)} B" for k, v in self.payloads.items())
         self.say(f"captured Envoy's CheckRequests ({sizes})")
+        self.bodies["chat_small"] = write_raw(self.tmp / "chat-small.json", bodies["small"])
         for name, payload_name, key_name in (
             ("small_unlimited", "small", "unlimited"),
             ("small_quota", "small", "quota"),
             ("4k_models", "4k", "models"),
+            ("small_metered", "small", "metered"),
         ):
             message = with_key(self.payloads[payload_name], self.keys[key_name]["key"])
             self.payloads[name] = message
@@ -209,29 +264,42 @@ class Rig:
             return self.kg_cost1.pid
         return None
 
-    def _verify_envoy(self, setup: EnvoySetup, url: str) -> str:
-        good = {"Authorization": f"Bearer {self.keys['unlimited']['key']}"}
-        bad = {"Authorization": "Bearer sk-" + "Z" * 48}
-        status_good = http_status(url, good)
-        status_bad = http_status(url, bad)
+    def _verify_envoy(self, setup: EnvoySetup, url: str, traffic: Traffic) -> str:
+        good = self.headers(traffic)
+        bad = {**good, "Authorization": "Bearer sk-" + "Z" * 48}
+        body = traffic.body.read_bytes() if traffic.body else None
+        status_good = http_status(url, good, body=body)
+        status_bad = http_status(url, bad, body=body)
         want_bad = 200 if setup.name in ("none", "floor") else 401
         if status_good != 200 or status_bad != want_bad:
             raise RuntimeError(
                 f"{setup.name}: good key → {status_good}, bad key → {status_bad} "
                 f"(expected 200 and {want_bad})"
             )
-        return f"HTTP: good key {status_good}, unknown key {status_bad}"
+        method = "POST" if body is not None else "GET"
+        return f"HTTP {method}: good key {status_good}, unknown key {status_bad}"
 
     @property
     def good_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys['unlimited']['key']}"}
+        return self.headers(Traffic("unlimited"))
+
+    def headers(self, traffic: Traffic) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.keys[traffic.key_name]['key']}"}
+        if traffic.body is not None:
+            headers["Content-Type"] = "application/json"
+        return headers
 
     @contextlib.contextmanager
-    def envoys(self) -> Iterator[list[RunningSetup]]:
-        """Every Envoy setup up at once (idle ones cost nothing), verified and warm."""
+    def envoys(
+        self, setups: list[EnvoySetup] | None = None, traffic: Traffic = Traffic("unlimited")
+    ) -> Iterator[list[RunningSetup]]:
+        """Envoy setups (default: self.setups) up at once (idle ones cost nothing),
+        verified and warm with `traffic`."""
         running: list[RunningSetup] = []
+        headers = self.headers(traffic)
+        body = ["-d", str(traffic.body)] if traffic.body else []
         # On a failure they stay registered: stop() ends them after dump_logs shows them.
-        for setup in self.setups:
+        for setup in self.setups if setups is None else setups:
             envoy = self.track(
                 EnvoyProcess(
                     setup.config, listen_port=setup.listen_port, admin_port=setup.admin_port
@@ -239,11 +307,12 @@ class Rig:
             )
             envoy.start()
             url = f"{envoy.base_url}{E2E_PATH}"
-            verified = self._verify_envoy(setup, url)
+            verified = self._verify_envoy(setup, url, traffic)
             # Warm connections and caches (h2load: quick and not Python).
             loadgen._run(
                 ["h2load", "--h1", "-n", "500", "-c", "32", "-t", "1"]
-                + [f"-H{k}: {v}" for k, v in self.good_headers.items()]
+                + [f"-H{k}: {v}" for k, v in headers.items()]
+                + body
                 + [url],
                 timeout=60,
             )

@@ -17,3 +17,12 @@ def rounds_row(
         row[key] = sum(r[key] for r in done)
     row["seconds"] = round(sum(r["seconds"] for r in done), 2)
     return row
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median of run-by-run ratios: each run divided by the run of the same round.
+
+    Setups take turns, so the two runs of a round saw the same state of the machine;
+    dividing within a round cancels slow drifts that a ratio of medians would keep.
+    """
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.plan import Plan, Progress
-from bench.rig import Rig
-from bench.sections import decision, end_to_end, fixed_rate, unknown_flood, workers
+from bench.rig import Rig, Traffic
+from bench.sections import decision, end_to_end, fixed_rate, metering, unknown_flood, workers
 from bench.system import loadavg, versions
 
 
@@ -37,6 +37,13 @@ class Run:
             self.results["e2e"] = end_to_end.run(rig, running)
             self.results["fixed_rate"] = fixed_rate.run(rig, running)
         self.results["fixed_rate_tool"] = fixed_rate.TOOL
+        self.say(
+            f"(5) token metering through Envoy: {plan.meter_rounds} interleaved round(s) of "
+            f"{plan.meter_requests:,} POSTs per mode, one metered key, JSON responses with usage"
+        )
+        traffic = Traffic(metering.KEY, rig.bodies[metering.TRAFFIC_BODY])
+        with rig.envoys(rig.metering_setups, traffic) as running:
+            self.results["metering"] = metering.run(rig, running)
 
     def execute(self) -> dict[str, Any]:
         started = dt.datetime.now(dt.UTC)

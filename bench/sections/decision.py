@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import loadgen
-from bench.probes import allowed, grpc_check, metric_value, redis_command_calls, upstream_header
+from bench.probes import (
+    allowed,
+    grpc_check,
+    hold_metadata,
+    metric_value,
+    redis_command_calls,
+    upstream_header,
+)
 from bench.rig import FloorServer, Rig
 from bench.system import CpuMeter, OtherLoad
 from harness.keyguard import KeyguardServer
@@ -30,9 +37,12 @@ class DecisionSpec:
     server: FloorServer | KeyguardServer
     body: str  # a key of Rig.payloads / Rig.bodies
     key_name: str | None  # the key it must be allowed as (None: the floor)
+    hold: bool = False  # token metering: every allow must carry a hold
 
 
-def verify_allow(rig: Rig, target: str, message: bytes, key_name: str | None) -> str:
+def verify_allow(
+    rig: Rig, target: str, message: bytes, key_name: str | None, hold: bool = False
+) -> str:
     resp = grpc_check(target, message)
     if not allowed(resp):
         raise RuntimeError(f"{target}: expected an allow, got {resp}")
@@ -42,6 +52,16 @@ def verify_allow(rig: Rig, target: str, message: bytes, key_name: str | None) ->
     got = upstream_header(resp, "x-keyguard-key-id")
     if got != want:
         raise RuntimeError(f"{target}: allowed as {got!r}, expected key {want!r}")
+    ticket = hold_metadata(resp)
+    if hold != bool(ticket.get("hold")):
+        raise RuntimeError(
+            f"{target}: dynamic_metadata {ticket}, expected {'a' if hold else 'no'} hold"
+        )
+    if hold:
+        return (
+            f"sample: grpc-status OK, allow as {want} with a hold in dynamic_metadata "
+            f"({', '.join(sorted(ticket))})"
+        )
     return f"sample: grpc-status OK, allow as {want}"
 
 
@@ -73,6 +93,7 @@ def measure(
         if cmd not in _BACKGROUND_COMMANDS and calls_after[cmd] != calls_before.get(cmd, 0)
     }
     allows = checks
+    holds = 0
     if keyguard:
         # h2load cannot see grpc-status: keyguard's own counters must show one allow
         # per Check sent, and no denial.
@@ -90,6 +111,11 @@ def measure(
                 f"{spec.label}: keyguard counted {allows} allows and {denies:.0f} denies "
                 f"for {checks} Checks"
             )
+        holds = int(
+            metric_value(after, "keyguard_holds_open") - metric_value(before, "keyguard_holds_open")
+        )
+        if spec.hold and holds != checks:
+            raise RuntimeError(f"{spec.label}: {holds} holds placed for {checks} Checks")
     return {
         "cpu_us_per_check": cpu / checks * 1e6,
         "rps": result.rps,
@@ -99,6 +125,7 @@ def measure(
         "redis_commands": commands,
         "redis_cpu_us_per_check": redis_cpu / checks * 1e6,
         "allows_counted": allows,
+        "holds_placed": holds,
         "worker_cpu_seconds": worker_cpu,
         "other_load_pct": other_pct,
     }
@@ -120,7 +147,7 @@ def decision_setups(
     verified: dict[str, str] = {}
     for spec in specs:
         verified[spec.name] = verify_allow(
-            rig, spec.server.target, rig.payloads[spec.body], spec.key_name
+            rig, spec.server.target, rig.payloads[spec.body], spec.key_name, spec.hold
         )
         loadgen.h2load_grpc(
             spec.server.target, rig.bodies[spec.body], rig.plan.cpu_warmup, clients, streams
@@ -144,6 +171,9 @@ def decision_setups(
         if isinstance(spec.server, KeyguardServer):
             counted = sum(r["allows_counted"] for r in done)
             verification += f"; keyguard_decisions_total: {counted}/{checks * reps} allow"
+            if spec.hold:
+                held = sum(r["holds_placed"] for r in done)
+                verification += f"; keyguard_holds_open: +{held} holds"
         row: dict[str, Any] = {
             "label": spec.label,
             "checks": checks * reps,
@@ -214,6 +244,14 @@ def run(rig: Rig) -> dict[str, dict[str, Any]]:
             rig.kg_cost1,
             "small_quota",
             "quota",
+        ),
+        DecisionSpec(
+            "c_tokens_hold",
+            "(c) keyguard tokens, hold + rpm (1 call)",
+            rig.kg_meter_on,
+            "small_metered",
+            "metered",
+            hold=True,
         ),
         DecisionSpec(
             "d_models_4k",

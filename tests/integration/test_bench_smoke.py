@@ -33,10 +33,23 @@ DECISION_SETUPS = (
     "b_unlimited_cost1",
     "b_unlimited_cost0_nolog",
     "c_quota_rpm",
+    "c_tokens_hold",
     "d_models_4k",
 )
 E2E_SETUPS = ("none", "api_key_auth", "floor", "keyguard_tcp", "keyguard_unix")
-TARGETS = ("b_cpu", "c_cpu", "d_cpu", "e2e_rps", "p99_1000rps", "flood_rss", "flood_lookups")
+TARGETS = (
+    "b_cpu",
+    "c_cpu",
+    "c_tokens_cpu",
+    "d_cpu",
+    "e2e_rps",
+    "p99_1000rps",
+    "flood_rss",
+    "flood_lookups",
+    "metering_rps",
+    "metering_spend_calls",
+    "metering_settle_calls",
+)
 
 
 def positive(value: Any) -> bool:
@@ -100,8 +113,10 @@ def test_decision_cpu_section(quick_run: tuple[dict[str, Any], Path]) -> None:
         assert "grpc-status OK" in row["verified"]
         if name.startswith(("b_", "c_", "d_")):
             assert "keyguard_decisions_total" in row["verified"]
-    # The quota setup is the one with a Redis call per Check.
+    # The quota setups are the ones with a Redis call per Check.
     assert positive(section["c_quota_rpm"]["redis_calls_per_check"])
+    assert positive(section["c_tokens_hold"]["redis_calls_per_check"])
+    assert "with a hold in dynamic_metadata" in section["c_tokens_hold"]["verified"]
 
 
 def test_unknown_key_flood_section(quick_run: tuple[dict[str, Any], Path]) -> None:
@@ -141,6 +156,29 @@ def test_end_to_end_and_fixed_rate_sections(quick_run: tuple[dict[str, Any], Pat
         assert row["rate"] == 1000
         assert isinstance(row["non_200"], int) and isinstance(row["failed"], int)
     assert results["fixed_rate_tool"]
+
+
+def test_metering_section(quick_run: tuple[dict[str, Any], Path]) -> None:
+    meter = quick_run[0]["metering"]
+    for name in ("metering_off", "metering_on"):
+        row = meter[name]
+        assert_positive(
+            row,
+            "rps",
+            "requests",
+            "keyguard_cpu_us_per_request",
+            "envoy_cpu_us_per_request",
+            "spend_calls",
+            "redis_scripts",
+            where=f"metering.{name}",
+        )
+        assert "good key 200" in row["verified"]
+        assert isinstance(row["problems"], list)
+    # Metering on settles what it held; off never settles anything.
+    assert positive(meter["metering_on"]["settle_calls"])
+    assert meter["metering_off"]["settle_calls"] == 0
+    assert positive(meter["metering_on"]["used_delta"])
+    assert positive(meter["rps_ratio"]) and positive(meter["keyguard_cpu_ratio"])
 
 
 def test_workers_section(quick_run: tuple[dict[str, Any], Path]) -> None:
