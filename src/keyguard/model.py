@@ -50,6 +50,10 @@ _BOUNDARY = re.compile(r'boundary="?([^";,]+)"?', re.IGNORECASE)
 # `name=` must start a parameter, so `filename="model"` is not the model field.
 _NAME_MODEL = re.compile(rb'(?:^|[;\s])name="?model"?(?:;|\r\n|$)', re.IGNORECASE)
 
+# The other top-level request fields metering reads (meter/estimate.py).
+EXTRA_FIELDS = frozenset(
+    ("max_tokens", "max_completion_tokens", "max_output_tokens", "stream", "stream_options")
+)
 # A model name is short; a longer "model" value is not a model we could allow.
 MAX_MODEL_LEN = 256
 
@@ -73,13 +77,16 @@ def _is_model_key(key: str) -> bool:
     return key == "model" or (len(key) == 5 and key.isascii() and key.lower() == "model")
 
 
-def model_from_json(body: str) -> str:
+def model_from_json(body: str, extras: dict[str, object] | None = None) -> str:
     """The top-level "model" string of a (possibly truncated) JSON object.
 
     Every top-level key equal to "model" ignoring ASCII case is a model field.
     Returns ModelLookup.NONE when absent (or not yet seen in a truncated
     prefix) and ModelLookup.AMBIGUOUS when two different model values appear,
     since parsers differ on which one wins.
+
+    With ``extras``, the top-level values of the keys in ``EXTRA_FIELDS`` met on the
+    way are put there too (what metering reads), so one walk serves both.
     """
     # Hot path (every Check of a key with a model list): whitespace is tested
     # before the regex runs, and values go straight to the C scanner.
@@ -116,6 +123,8 @@ def model_from_json(body: str) -> str:
             if _is_model_key(key) and idx < end and body[idx] in _SCALAR_STARTS:
                 return ModelLookup.AMBIGUOUS
             break
+        if extras is not None and key in EXTRA_FIELDS:
+            extras[key] = value
         if _is_model_key(key):
             if not isinstance(value, str) or not value or len(value) > MAX_MODEL_LEN:
                 return ModelLookup.AMBIGUOUS
@@ -163,7 +172,13 @@ def model_from_multipart(body: bytes, content_type: str) -> str:
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
-def read_model(path: str, content_type: str, body: bytes, method: str = "POST") -> str:
+def read_model(
+    path: str,
+    content_type: str,
+    body: bytes,
+    method: str = "POST",
+    extras: dict[str, object] | None = None,
+) -> str:
     """The requested model, or ModelLookup.NONE / AMBIGUOUS / NOT_APPLICABLE.
 
     A model named by the path stands unless the body names a different one
@@ -177,7 +192,7 @@ def read_model(path: str, content_type: str, body: bytes, method: str = "POST") 
     if content_type.lower().startswith("multipart/form-data"):
         from_body = model_from_multipart(body, content_type)
     else:
-        from_body = model_from_json(body.decode("utf-8", errors="replace"))
+        from_body = model_from_json(body.decode("utf-8", errors="replace"), extras)
     if from_path is None or from_body == ModelLookup.NONE:
         return from_body if from_path is None else from_path
     return from_path if from_body == from_path else ModelLookup.AMBIGUOUS

@@ -11,7 +11,7 @@ from __future__ import annotations
 from keyguard._proto.envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from keyguard.authz.route import RouteSettings, route_settings
-from keyguard.meter.estimate import RequestOptions, request_options
+from keyguard.meter.estimate import RequestOptions, options_from_fields, request_options
 from keyguard.model import ModelLookup, read_model
 
 # Headers the decision reads. header_map is walked once and only these kept.
@@ -33,6 +33,7 @@ class RequestFacts:
     """What a decision reads from one CheckRequest; fields beyond the key are lazy."""
 
     __slots__ = (
+        "_extras",
         "_hops",
         "_http",
         "_model",
@@ -66,6 +67,7 @@ class RequestFacts:
         self._path: str | None = None
         self._model: str | None = None
         self._options: RequestOptions | None = None
+        self._extras: dict[str, object] | None = None
         self._route: RouteSettings | None = None
 
     @property
@@ -115,13 +117,22 @@ class RequestFacts:
 
     def options(self) -> RequestOptions:
         if self._options is None:
-            self._options = request_options(self.body())
+            if self._model is None:
+                self.model()
+            extras = self._extras
+            # The model reader walked the JSON body and kept these fields on the way.
+            if extras is not None and self._model != ModelLookup.AMBIGUOUS:
+                self._options = options_from_fields(extras)
+            else:
+                self._options = request_options(self.body())
         return self._options
 
     def model(self) -> str:
         if self._model is None:
             http = self._http
-            self._model = read_model(self.path, self.content_type, self.body(), http.method)
+            extras: dict[str, object] = {}
+            self._model = read_model(self.path, self.content_type, self.body(), http.method, extras)
+            self._extras = extras
         return self._model
 
 

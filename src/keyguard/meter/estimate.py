@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from keyguard.model import EXTRA_FIELDS
 from keyguard.prices import Price, Usage, cost
 
 BYTES_PER_TOKEN = 4
 _LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_WANTED = frozenset((*_LIMIT_FIELDS, "stream", "stream_options"))
+_WANTED = EXTRA_FIELDS
 _DECODER = json.JSONDecoder()
 _WS = " \t\n\r"
 # A limit above this is not a limit anyone can reach; it must not make a huge hold.
@@ -71,7 +72,11 @@ def _top_level(body: str) -> dict[str, object]:
 
 
 def request_options(body: bytes) -> RequestOptions:
-    fields = _top_level(body.decode("utf-8", errors="replace"))
+    return options_from_fields(_top_level(body.decode("utf-8", errors="replace")))
+
+
+def options_from_fields(fields: dict[str, object]) -> RequestOptions:
+    """The options from top-level fields already read (``model.read_model``'s extras)."""
     limit: int | None = None
     for name in _LIMIT_FIELDS:
         value = fields.get(name)
