@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -74,6 +75,36 @@ def test_client_cannot_forge_keyguard_headers(stack: HttpStack) -> None:
     assert seen["x-keyguard-key-id"] == key.id
     assert seen["x-keyguard-key-type"] == "standard"
     assert seen.get("x-keyguard-billing") != "payg"
+
+
+def test_upstream_gets_the_key_env_and_owner_and_never_a_forged_one(stack: HttpStack) -> None:
+    labelled = stack.key("--quota", "100", "--env", "live", "--owner", "team-a", "--meta", "a=b")
+    forged = {"x-keyguard-key-env": "prod", "x-keyguard-key-owner": "mallory"}
+    resp = stack.post("/v1/chat/completions", chat_body(), bearer=labelled.key, headers=forged)
+    assert resp.status_code == 200, resp.text
+    seen = echo_headers(resp)
+    assert seen["x-keyguard-key-env"] == "live"
+    assert seen["x-keyguard-key-owner"] == "team-a"
+    assert not any(name.startswith("x-keyguard-key-meta") for name in seen)
+
+    # A key without them: the client's copies are removed, not passed on.
+    bare = stack.key("--quota", "100")
+    resp = stack.post("/v1/chat/completions", chat_body(), bearer=bare.key, headers=forged)
+    assert resp.status_code == 200, resp.text
+    seen = echo_headers(resp)
+    assert "x-keyguard-key-env" not in seen and "x-keyguard-key-owner" not in seen
+    assert seen["x-keyguard-key-id"] == bare.id
+
+    # A change reaches the upstream headers (the cached record and its memo go; by
+    # pub/sub, a moment after the CLI returns).
+    stack.admin("set", labelled.id, "--owner", "team-b", "--env", "")
+    deadline = time.monotonic() + 5.0
+    while True:
+        seen = echo_headers(stack.chat(labelled))
+        if seen.get("x-keyguard-key-owner") == "team-b" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert seen["x-keyguard-key-owner"] == "team-b" and "x-keyguard-key-env" not in seen
 
 
 def test_bearer_wins_over_x_api_key(stack: HttpStack) -> None:

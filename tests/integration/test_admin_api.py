@@ -8,6 +8,7 @@ Most tests call the ASGI app in-process (Starlette's TestClient); one starts
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ from keyguard.admin.settings import AdminSettings, load_admin
 from keyguard.audit import AUDIT_STREAM, Audit
 from keyguard.errors import SettingsError
 from keyguard.keys import hash_key
+from keyguard.store import id_key, usage_key
 from tests.support.checks import create_key, keys_cli
 from tests.support.procs import free_port, keyguard_cmd, run_cli, stop_process, wait_for_port
 
@@ -241,6 +243,7 @@ ROUTES = [
     ("POST", f"/v1/keys/{MISSING}/disable", None),
     ("POST", f"/v1/keys/{MISSING}/enable", None),
     ("POST", f"/v1/keys/{MISSING}/topup", {"amount": 1}),
+    ("GET", f"/v1/keys/{MISSING}/usage", None),
     ("GET", "/v1/prices", None),
     ("GET", "/v1/prices/gpt-4o", None),
     ("PUT", "/v1/prices/gpt-4o", {"input": 1, "output": 1}),
@@ -291,6 +294,11 @@ def test_openapi_document_is_public_and_documents_problems(api: Admin) -> None:
         schema["properties"]
     )
     assert {"expires", "payg", "rpm", "tpm"} <= set(schema["properties"])
+    assert {"env", "owner", "meta"} <= set(schema["properties"])
+    list_params = {p["name"] for p in doc["paths"]["/v1/keys"]["get"]["parameters"]}
+    assert {"env", "owner", "limit", "cursor"} <= list_params
+    usage = doc["paths"]["/v1/keys/{key_id}/usage"]["get"]
+    assert {p["name"] for p in usage["parameters"]} == {"key_id", "days"}
 
 
 # --- bad input ------------------------------------------------------------------------
@@ -299,7 +307,35 @@ def test_openapi_document_is_public_and_documents_problems(api: Admin) -> None:
 BAD_BODIES: dict[str, tuple[str, str, Any, int, str]] = {
     "unknown field": ("POST", "/v1/keys", {"quota": 1, "colour": "red"}, 400, "'colour'"),
     "not yet: plan": ("POST", "/v1/keys", {"plan": "gold"}, 400, "'plan' is not supported yet"),
-    "not yet: env": ("PATCH", "/v1/keys/{id}", {"env": "prod"}, 400, "not supported yet"),
+    "not yet: alert_below": (
+        "PATCH",
+        "/v1/keys/{id}",
+        {"alert_below": 5},
+        400,
+        "not supported yet",
+    ),
+    "bad env": ("POST", "/v1/keys", {"env": "live env"}, 400, "env: bad env 'live env'"),
+    "bad owner": ("PATCH", "/v1/keys/{id}", {"owner": "a/b"}, 400, "owner: bad owner"),
+    "env not text": ("POST", "/v1/keys", {"env": 1}, 400, "env:"),
+    "meta not an object": ("POST", "/v1/keys", {"meta": ["a=b"]}, 400, "meta:"),
+    "meta value not text": ("POST", "/v1/keys", {"meta": {"a": 1}}, 400, "meta.a:"),
+    "bad meta key": ("PATCH", "/v1/keys/{id}", {"meta": {"a b": "x"}}, 400, "meta: bad meta key"),
+    "meta value too long": ("POST", "/v1/keys", {"meta": {"a": "x" * 257}}, 400, "at most 256"),
+    "meta control char": ("POST", "/v1/keys", {"meta": {"a": "x\ny"}}, 400, "control character"),
+    "17 meta pairs": (
+        "POST",
+        "/v1/keys",
+        {"meta": {f"k{i}": "v" for i in range(17)}},
+        400,
+        "at most 16 meta pairs",
+    ),
+    "empty meta only": ("PATCH", "/v1/keys/{id}", {"meta": {}}, 400, "nothing to change"),
+    "bad list filter": ("GET", "/v1/keys?owner=a%20b", None, 400, "owner: bad owner"),
+    "usage days 0": ("GET", "/v1/keys/{id}/usage?days=0", None, 400, "between 1 and 366"),
+    "usage days 367": ("GET", "/v1/keys/{id}/usage?days=367", None, 400, "between 1 and 366"),
+    "usage days text": ("GET", "/v1/keys/{id}/usage?days=x", None, 400, "days:"),
+    "usage unknown id": ("GET", f"/v1/keys/{MISSING}/usage", None, 404, "no key with id"),
+    "usage unknown query": ("GET", "/v1/keys/{id}/usage?day=3", None, 400, "'day'"),
     "negative quota": ("POST", "/v1/keys", {"quota": -5}, 400, "quota: '-5' is negative"),
     "quota as text": ("POST", "/v1/keys", {"quota": "5"}, 400, "quota:"),
     "quota as float": ("POST", "/v1/keys", {"quota": 1.5}, 400, "quota:"),
@@ -587,3 +623,92 @@ def test_keyguard_admin_serve_as_a_process(redis_url: str) -> None:
         assert proc.poll() is None
     assert proc.returncode is not None
     assert token not in json.dumps(snapshot(redis_url))
+
+
+# --- metadata and usage (issue 13, items 4 and 6) ---------------------------------------
+
+
+def test_env_owner_and_meta_through_the_api(api: Admin) -> None:
+    created = ok(
+        api.call(
+            "POST",
+            "/v1/keys",
+            {"quota": 5, "env": "live", "owner": "team-a", "meta": {"cc": "42", "note": "x y"}},
+        ),
+        201,
+    )
+    key_id = created["id"]
+    assert (created["env"], created["owner"]) == ("live", "team-a")
+    assert created["meta"] == {"cc": "42", "note": "x y"}
+    # PATCH merges meta ("" removes a key) and leaves what it does not name.
+    edited = ok(api.call("PATCH", f"/v1/keys/{key_id}", {"meta": {"note": "", "tier": "gold"}}))
+    assert edited["meta"] == {"cc": "42", "tier": "gold"} and edited["env"] == "live"
+    edited = ok(api.call("PATCH", f"/v1/keys/{key_id}", {"env": "", "owner": "team-b"}))
+    assert edited["env"] is None and edited["owner"] == "team-b" and edited["remaining"] == 5
+    # The CLI sees the same; shown by show and list.
+    code, out = keys_cli(api.url, "show", key_id, "--json")
+    assert code == 0 and json.loads(out)["meta"] == {"cc": "42", "tier": "gold"}
+    assert ok(api.call("GET", f"/v1/keys/{key_id}", token="viewer"))["owner"] == "team-b"
+
+    other = create_key(api.url, "--env", "test", "--owner", "team-b")["id"]
+    bare = create_key(api.url, "--quota", "1")["id"]
+
+    def listed(**params: Any) -> list[str]:
+        page = ok(api.call("GET", "/v1/keys", params=params, token="viewer"))
+        return sorted(item["id"] for item in page["items"])
+
+    assert listed() == sorted([key_id, other, bare])
+    assert listed(owner="team-b") == sorted([key_id, other])
+    assert listed(env="test", owner="team-b") == [other]
+    assert listed(env="live") == []
+    assert listed(env="") == sorted([key_id, bare])  # empty: keys without an env
+    # Filtered pages still page: one item each, in id order.
+    first = ok(api.call("GET", "/v1/keys", params={"owner": "team-b", "limit": 1}))
+    assert [i["id"] for i in first["items"]] == [min(key_id, other)]
+    rest = ok(
+        api.call(
+            "GET",
+            "/v1/keys",
+            params={"owner": "team-b", "limit": 1, "cursor": first["next_cursor"]},
+        )
+    )
+    assert [i["id"] for i in rest["items"]] == [max(key_id, other)]
+
+    # The audit trail names what a change gave.
+    fields = [e["fields"] for e in audit_entries(api.url) if e["target"] == key_id]
+    assert {"meta": {"note": "", "tier": "gold"}} in fields
+    assert {"env": "", "owner": "team-b"} in fields
+
+
+def test_usage_route(api: Admin) -> None:
+    key_id = ok(api.call("POST", "/v1/keys", {"quota": 100}), 201)["id"]
+    assert ok(api.call("GET", f"/v1/keys/{key_id}/usage", token="viewer")) == {
+        "id": key_id,
+        "days": [],
+    }
+    today = dt.datetime.now(dt.UTC).date()
+    key_hash = str(api.redis.get(id_key(key_id)))
+    for back, n in ((0, 2), (10, 5)):
+        day = (today - dt.timedelta(days=back)).isoformat()
+        api.redis.hset(
+            usage_key(key_hash, day),
+            mapping={"gpt-4o|requests": n, "gpt-4o|input": 7 * n, "gpt-4o|credits": 11 * n},
+        )
+    default = ok(api.call("GET", f"/v1/keys/{key_id}/usage", token="viewer"))
+    assert [(row["date"], row["requests"]) for row in default["days"]] == [
+        ((today - dt.timedelta(days=10)).isoformat(), 5),
+        (today.isoformat(), 2),
+    ]
+    assert default["days"][1] == {
+        "date": today.isoformat(),
+        "model": "gpt-4o",
+        "requests": 2,
+        "input_tokens": 14,
+        "output_tokens": 0,
+        "cached_tokens": 0,
+        "credits": 22,
+    }
+    week = ok(api.call("GET", f"/v1/keys/{key_id}/usage", params={"days": 7}))
+    assert [row["requests"] for row in week["days"]] == [2]
+    code, out = keys_cli(api.url, "usage", key_id, "--json")
+    assert code == 0 and json.loads(out) == default

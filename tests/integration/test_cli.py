@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import redis
 
 from keyguard.audit import AUDIT_STREAM
 from keyguard.keys import hash_key, key_type_of
+from keyguard.store import id_key, record_key, usage_key
 from tests.support.checks import create_key, keys_cli
 from tests.support.procs import free_port, run_cli
 
@@ -110,6 +112,21 @@ BAD_INPUTS = {
     "unknown type": (["create", "--type", "gold"], 2, "invalid choice"),
     "negative tpm": (["create", "--tpm", "-1"], 2, "negative"),
     "non-integer tpm": (["set", "kg_000000000000", "--tpm", "2.5"], 2, "not a whole number"),
+    "bad env": (["create", "--env", "live env"], 2, "bad env 'live env'"),
+    "bad owner": (["set", "kg_000000000000", "--owner", "team/a"], 2, "bad owner"),
+    "bad list filter": (["list", "--env", "a b"], 2, "bad env"),
+    "meta without =": (["create", "--meta", "team"], 2, "use KEY=VALUE"),
+    "bad meta key": (["create", "--meta", "a b=c"], 2, "bad meta key"),
+    "meta value too long": (["create", "--meta", "k=" + "x" * 257], 2, "at most 256"),
+    "meta control char": (["set", "kg_000000000000", "--meta", "k=a\x1bb"], 2, "control"),
+    "17 meta pairs": (
+        ["create", *(arg for i in range(17) for arg in ("--meta", f"k{i}=v"))],
+        2,
+        "at most 16 meta pairs",
+    ),
+    "usage days 0": (["usage", "kg_000000000000", "--days", "0"], 2, "greater than 0"),
+    "usage days 367": (["usage", "kg_000000000000", "--days", "367"], 2, "between 1 and 366"),
+    "usage unknown id": (["usage", "kg_000000000000"], 1, "no key with id"),
 }
 
 
@@ -146,3 +163,165 @@ def test_topup_of_unlimited_key_is_refused(redis_url: str) -> None:
     created = create_key(redis_url, "--unlimited")
     result = run_cli("keys", "topup", created["id"], "5", redis_url=redis_url)
     assert result.returncode == 2 and "unlimited" in result.stderr
+
+
+# --- metadata and usage (issue 13, items 4 and 6) --------------------------------------
+
+
+def stored_record(url: str, key_id: str) -> dict[str, str]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        key_hash = client.get(id_key(key_id))
+        return {str(k): str(v) for k, v in client.hgetall(record_key(str(key_hash))).items()}
+    finally:
+        client.close()
+
+
+def test_env_owner_and_meta_on_create_set_show_and_list(redis_url: str) -> None:
+    created = create_key(
+        redis_url,
+        "--name",
+        "search",
+        "--env",
+        "live",
+        "--owner",
+        "team-a",
+        "--meta",
+        "cost-center=42",
+        "--meta",
+        "note=ranking, v2",
+    )
+    key_id = created["id"]
+    assert created["env"] == "live" and created["owner"] == "team-a"
+    assert created["meta"] == {"cost-center": "42", "note": "ranking, v2"}
+    # Stored as record fields; meta as compact JSON.
+    rec = stored_record(redis_url, key_id)
+    assert rec["env"] == "live" and rec["owner"] == "team-a"
+    assert json.loads(rec["meta"]) == created["meta"] and " " not in rec["meta"].split('"')[0]
+
+    # set merges meta: KEY=VALUE sets or replaces, KEY= removes; other settings stay.
+    code, out = keys_cli(
+        redis_url, "set", key_id, "--json", "--meta", "note=", "--meta", "tier=gold"
+    )
+    info = json.loads(out)
+    assert code == 0 and info["meta"] == {"cost-center": "42", "tier": "gold"}
+    assert info["env"] == "live" and info["owner"] == "team-a"
+    code, out = keys_cli(redis_url, "set", key_id, "--json", "--owner", "team-b", "--env", "")
+    info = json.loads(out)
+    assert info["env"] is None and info["owner"] == "team-b" and len(info["meta"]) == 2
+
+    text = run_cli("keys", "show", key_id, redis_url=redis_url)
+    assert text.returncode == 0
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in text.stdout.splitlines()}
+    assert lines["env"] == "-" and lines["owner"] == "team-b"
+    assert json.loads(lines["meta"]) == {"cost-center": "42", "tier": "gold"}
+
+    other = create_key(redis_url, "--env", "test", "--owner", "team-b")["id"]
+    bare = create_key(redis_url, "--quota", "1")["id"]
+
+    def listed(*filters: str) -> list[str]:
+        code, out = keys_cli(redis_url, "list", "--json", *filters)
+        assert code == 0
+        return sorted(info["id"] for info in json.loads(out))
+
+    assert listed() == sorted([key_id, other, bare])
+    assert listed("--owner", "team-b") == sorted([key_id, other])
+    assert listed("--env", "test", "--owner", "team-b") == [other]
+    assert listed("--env", "live") == []
+    assert listed("--env", "") == sorted([key_id, bare])  # '' = keys without an env
+    assert listed("--owner", "") == [bare]
+
+    table = run_cli("keys", "list", "--owner", "team-b", redis_url=redis_url).stdout
+    header, *rows = table.splitlines()
+    assert header.split() == ["ID", "TYPE", "STATUS", "REMAINING", "USED", "ENV", "OWNER", "NAME"]
+    assert len(rows) == 2 and any("test" in row and "team-b" in row for row in rows)
+
+
+def test_a_key_without_metadata_fields_reads_as_empty(redis_url: str) -> None:
+    """Keys made before metadata existed have no env, owner or meta field: all empty."""
+    created = create_key(redis_url, "--quota", "5")
+    rec = stored_record(redis_url, created["id"])
+    assert not {"env", "owner", "meta"} & rec.keys()
+    assert created["env"] is None and created["owner"] is None and created["meta"] == {}
+    code, out = keys_cli(redis_url, "set", created["id"], "--json", "--meta", "a=1")
+    assert code == 0 and json.loads(out)["meta"] == {"a": "1"}
+    code, out = keys_cli(redis_url, "set", created["id"], "--json", "--meta", "a=")
+    assert json.loads(out)["meta"] == {}
+
+
+def test_meta_stays_within_16_pairs_after_a_merge(redis_url: str) -> None:
+    pairs = [arg for i in range(16) for arg in ("--meta", f"k{i}=v")]
+    key_id = create_key(redis_url, *pairs)["id"]
+    before = snapshot(redis_url)
+    result = run_cli("keys", "set", key_id, "--meta", "k16=v", redis_url=redis_url)
+    assert result.returncode == 2 and "would give it 17" in result.stderr
+    assert snapshot(redis_url) == before
+    code, out = keys_cli(redis_url, "set", key_id, "--json", "--meta", "k16=v", "--meta", "k0=")
+    assert code == 0 and "k16" in json.loads(out)["meta"] and "k0" not in json.loads(out)["meta"]
+
+
+def test_usage_history_text_and_json(redis_url: str) -> None:
+    key_id = create_key(redis_url, "--quota", "1000")["id"]
+    result = run_cli("keys", "usage", key_id, redis_url=redis_url)
+    assert result.returncode == 0 and result.stdout.strip() == "no usage yet"
+    code, out = keys_cli(redis_url, "usage", key_id, "--json")
+    assert code == 0 and json.loads(out) == {"id": key_id, "days": []}
+
+    # What settle.lua writes: kg:{H}:use:<UTC date>, "<model>|<kind>" -> count.
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    key_hash = client.get(id_key(key_id))
+    today = dt.datetime.now(dt.UTC).date()
+    for back, model, n in ((0, "gpt-4o", 3), (0, "claude-3-5-haiku", 1), (40, "gpt-4o", 9)):
+        day = (today - dt.timedelta(days=back)).isoformat()
+        client.hset(
+            usage_key(str(key_hash), day),
+            mapping={
+                f"{model}|requests": n,
+                f"{model}|input": 10 * n,
+                f"{model}|output": 20 * n,
+                f"{model}|cached": n,
+                f"{model}|credits": 100 * n,
+            },
+        )
+    client.close()
+
+    code, out = keys_cli(redis_url, "usage", key_id, "--json")
+    history = json.loads(out)
+    assert code == 0 and history["id"] == key_id
+    assert [(row["model"], row["requests"]) for row in history["days"]] == [
+        ("claude-3-5-haiku", 1),
+        ("gpt-4o", 3),
+    ]
+    assert history["days"][1] == {
+        "date": today.isoformat(),
+        "model": "gpt-4o",
+        "requests": 3,
+        "input_tokens": 30,
+        "output_tokens": 60,
+        "cached_tokens": 3,
+        "credits": 300,
+    }
+    code, out = keys_cli(redis_url, "usage", key_id, "--json", "--days", "60")
+    assert [row["requests"] for row in json.loads(out)["days"]] == [9, 1, 3]  # oldest first
+
+    text = run_cli("keys", "usage", key_id, "--days", "60", redis_url=redis_url).stdout
+    header, *rows, total = text.splitlines()
+    assert header.split() == [
+        "DATE",
+        "MODEL",
+        "REQUESTS",
+        "INPUT",
+        "OUTPUT",
+        "CACHED",
+        "CREDITS",
+    ]
+    assert len(rows) == 3 and rows[2].split() == [
+        today.isoformat(),
+        "gpt-4o",
+        "3",
+        "30",
+        "60",
+        "3",
+        "300",
+    ]
+    assert total.split() == ["total", "13", "130", "260", "13", "1300"]

@@ -372,6 +372,122 @@ def test_shutdown_drains_envoy_before_keyguard() -> None:
     assert keyguard_sleep < pod["terminationGracePeriodSeconds"]
 
 
+# -------------------------------------------------------------------- admin server
+
+
+def _admin_pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = _one("Deployment", "keyguard-admin")["spec"]["template"]["spec"]
+    return spec
+
+
+def _admin_container() -> dict[str, Any]:
+    containers: list[dict[str, Any]] = _admin_pod_spec()["containers"]
+    (container,) = containers
+    assert container["name"] == "admin"
+    return container
+
+
+def test_admin_deployment_runs_keyguard_admin_serve() -> None:
+    deployment = _one("Deployment", "keyguard-admin")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert deployment["spec"]["replicas"] == 1, "one small Deployment for the whole fleet"
+    # Its pods are not gateway pods: the gateway's Service, PDB and PodMonitor skip them.
+    gateway_selector = _deployment()["spec"]["selector"]["matchLabels"]
+    assert not gateway_selector.items() <= labels.items()
+    for selector in (
+        _one("Service", "keyguard-gateway")["spec"]["selector"],
+        _one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        _one("PodMonitor")["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= labels.items()
+
+    admin = _admin_container()
+    assert admin["image"] == _container("keyguard")["image"], "the same image as the sidecar"
+    assert admin["args"] == ["admin", "serve"] and "command" not in admin
+    env = _env(admin)
+    # 127.0.0.1 (the default) would be out of the Service's reach.
+    assert env["KEYGUARD_ADMIN_LISTEN"]["value"] == "0.0.0.0:8080"
+    assert _ports(admin) == {"http": 8080}
+    # The Redis URL from the same Secret as the sidecar's.
+    assert "value" not in env["KEYGUARD_REDIS_URL"]
+    assert (
+        env["KEYGUARD_REDIS_URL"]["valueFrom"]
+        == _env(_container("keyguard"))["KEYGUARD_REDIS_URL"]["valueFrom"]
+    )
+    assert set(env) == {"KEYGUARD_ADMIN_LISTEN", "KEYGUARD_REDIS_URL"}
+
+
+def test_admin_listen_setting_is_accepted() -> None:
+    from keyguard.admin.settings import load_admin
+
+    env = {k: v["value"] for k, v in _env(_admin_container()).items() if "value" in v}
+    settings = load_admin(env=env)
+    assert (settings.host, settings.port) == ("0.0.0.0", _ports(_admin_container())["http"])
+
+
+def test_admin_probes_use_healthz() -> None:
+    admin = _admin_container()
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = admin[probe]["httpGet"]
+        assert get == {"path": "/healthz", "port": "http"}, probe
+        assert admin[probe]["timeoutSeconds"] >= 2, probe
+    # Liveness is patient: a Redis outage fails /healthz, and a restart cures none.
+    liveness = admin["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+
+
+def test_healthz_is_served_by_the_admin_app_without_a_token() -> None:
+    from unittest import mock
+
+    from starlette.testclient import TestClient
+
+    from keyguard.admin.app import create_app
+    from keyguard.admin.settings import AdminSettings
+
+    client = mock.MagicMock()
+    client.ping.return_value = True
+    with TestClient(create_app(AdminSettings(), client), base_url="http://127.0.0.1") as http:
+        resp = http.get("/healthz")
+    assert resp.status_code == 200 and resp.json() == {"status": "ok"}
+
+
+def test_admin_container_is_locked_down_like_the_sidecar() -> None:
+    pod = _admin_pod_spec()
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert _admin_container()["securityContext"] == _container("keyguard")["securityContext"]
+    resources = _admin_container()["resources"]
+    for bound in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources[bound]), bound
+    # readOnlyRootFilesystem: a scratch /tmp, bounded.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert _mounts(_admin_container()) == {"tmp": "/tmp"}
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"]
+
+
+def test_admin_service_is_cluster_internal_and_routes_to_the_admin_pod() -> None:
+    service = _one("Service", "keyguard-admin")
+    labels = _one("Deployment", "keyguard-admin")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"].items() <= labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "http" and port["port"] == 80
+
+
+def test_cli_has_the_admin_serve_subcommand() -> None:
+    result = subprocess.run(
+        [str(VENV_BIN / "keyguard"), "admin", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--listen" in result.stdout
+
+
 # ---------------------------------------------------------------------------- envoy
 
 

@@ -427,3 +427,72 @@ def test_rate_limit_suffix_merges_into_a_serialized_allow() -> None:
     }
     assert [o.append_action for o in merged.ok_response.response_headers_to_add] == [2, 2, 2]
     assert rate_limit_suffix(SpendResult("ok")) == b""
+
+
+# ----- key metadata headers (issue 13, item 4) -------------------------------------------
+
+METADATA_HEADERS = ("x-keyguard-key-env", "x-keyguard-key-owner")
+
+
+@pytest.mark.parametrize("strip", [True, False])
+@pytest.mark.parametrize("degraded", [True, False])
+def test_allow_sends_the_key_env_and_owner(strip: bool, degraded: bool) -> None:
+    record = make_record(env="live", owner="team-a@example", meta='{"cost":"42"}')
+    response = allow(record, billing="quota", strip_credentials=strip, degraded=degraded)
+    headers = allow_headers(response)
+    assert headers["x-keyguard-key-env"] == "live"
+    assert headers["x-keyguard-key-owner"] == "team-a@example"
+    for option in response.ok_response.headers:
+        assert option.append_action == OVERWRITE  # a client-sent copy is overwritten
+    removed = set(response.ok_response.headers_to_remove)
+    assert not removed & set(METADATA_HEADERS)
+    # meta is for people: it never travels upstream.
+    assert b"cost" not in response.SerializeToString()
+
+
+def test_allow_removes_client_sent_env_and_owner_when_the_key_has_none() -> None:
+    response = allow(make_record(), billing="quota", strip_credentials=False)
+    headers = allow_headers(response)
+    removed = set(response.ok_response.headers_to_remove)
+    for name in METADATA_HEADERS:
+        assert name not in headers
+        assert name in removed
+
+
+def test_allow_with_only_an_owner() -> None:
+    response = allow(make_record(owner="team-b"), billing="quota", strip_credentials=True)
+    assert allow_headers(response)["x-keyguard-key-owner"] == "team-b"
+    assert "x-keyguard-key-env" not in allow_headers(response)
+    assert "x-keyguard-key-env" in response.ok_response.headers_to_remove
+
+
+@pytest.mark.parametrize("bad", ["a b", "a\r\nx-evil: 1", "é", "x" * 65])
+def test_allow_never_sends_a_hand_edited_value_envoy_would_refuse(bad: str) -> None:
+    response = allow(make_record(env=bad, owner=bad), billing="quota", strip_credentials=True)
+    headers = allow_headers(response)
+    removed = set(response.ok_response.headers_to_remove)
+    for name in METADATA_HEADERS:
+        assert name not in headers and name in removed
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_allow_unknown_degraded_removes_env_and_owner(strip: bool) -> None:
+    response = allow_unknown_degraded(strip)
+    removed = set(response.ok_response.headers_to_remove)
+    assert set(METADATA_HEADERS) <= removed
+    assert not set(METADATA_HEADERS) & set(allow_headers(response))
+
+
+def test_renderer_memo_follows_the_records_metadata() -> None:
+    """A changed record (a new object) renders its new env; the old one keeps its bytes."""
+    from keyguard.authz.decision import Billing, Decision
+    from keyguard.authz.render import Renderer
+
+    renderer = Renderer(strip_credentials=True)
+    facts = None  # an allow never reads the request
+    for env in ("live", "test", ""):
+        record = make_record(env=env)
+        decision = Decision(reason=Reason.OK, record=record, billing=Billing.UNMETERED)
+        wire = renderer.render(decision, facts)  # type: ignore[arg-type]
+        headers = allow_headers(CheckResponse.FromString(wire))
+        assert headers.get("x-keyguard-key-env") == (env or None)

@@ -16,14 +16,14 @@ from dataclasses import asdict
 from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.security import HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.concurrency import run_in_threadpool
 
 from keyguard.admin.auth import Principal
 from keyguard.audit import Audit, check_cursor, parse_since
 from keyguard.errors import InvalidChange, UnknownKey
-from keyguard.keyring import KEY_TYPES, KeyChange, Keyring, values
+from keyguard.keyring import KEY_TYPES, KeyChange, Keyring, matches, values
 from keyguard.keyring.prices import PriceEditor, price_info
 from keyguard.record import TYPE_STANDARD
 from keyguard.store import IDS_SET
@@ -74,6 +74,17 @@ class KeySettings(_Body):
     payg: StrictBool | None = Field(None, description="pay-as-you-go once the quota is used up")
     rpm: StrictInt | None = Field(None, description="requests per minute (0 = no limit)")
     tpm: StrictInt | None = Field(None, description="tokens per minute (0 = no limit)")
+    env: Text | None = Field(
+        None, description="the key's environment, e.g. live or test ('' removes it)"
+    )
+    owner: Text | None = Field(
+        None, description="who the key belongs to, e.g. team-a ('' removes it)"
+    )
+    meta: dict[Text, Text] | None = Field(
+        None,
+        description="labels, KEY: VALUE (at most 16; VALUE up to 256 printable characters);"
+        ' merged into the key\'s, and a VALUE of "" removes KEY',
+    )
 
 
 class KeyCreate(KeySettings):
@@ -119,6 +130,12 @@ class KeyInfo(BaseModel):
     tokens_in: int
     tokens_out: int
     cached_tokens: int
+    env: str | None = None
+    owner: str | None = None
+    meta: dict[str, str] = Field(default_factory=dict)
+    last_used_at: str | None = None
+    rotated_at: str | None = None
+    grace_until: str | None = None
     cycle: str | None = None
     cycle_quota: int | None = None
     cycle_used: int | None = None
@@ -127,6 +144,21 @@ class KeyInfo(BaseModel):
 
 class CreatedKeyInfo(KeyInfo):
     key: str = Field(description="the API key itself: shown in this answer only, never again")
+
+
+class UsageRow(BaseModel):
+    date: str = Field(description="a UTC day, YYYY-MM-DD")
+    model: str = Field(description="the price pattern that priced the requests")
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    credits: int
+
+
+class KeyUsage(BaseModel):
+    id: str
+    days: list[UsageRow] = Field(description="oldest first; days without usage have no row")
 
 
 class KeyPage(BaseModel):
@@ -173,9 +205,15 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
-# Documents the Bearer scheme in the OpenAPI document; the check itself is TokenGate's,
-# which runs before the body is read.
+# Document the two ways in (either one) in the OpenAPI document; the checks themselves
+# are TokenGate's, which run before the body is read.
 bearer = HTTPBearer(auto_error=False, description="an admin token (`keyguard admin tokens create`)")
+session_cookie = APIKeyCookie(
+    name="kg_session",
+    auto_error=False,
+    description="a dashboard session (sign in at /login); its writes also need the"
+    " X-CSRF-Token header that GET /session gives",
+)
 
 
 def _known_query(request: Request) -> None:
@@ -187,7 +225,10 @@ def _known_query(request: Request) -> None:
             raise InvalidChange(f"unknown query parameter {name!r}")
 
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(bearer), Depends(_known_query)])
+router = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(bearer), Depends(session_cookie), Depends(_known_query)],
+)
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="items per page")]
 Cursor = Annotated[Text | None, Query(description="next_cursor of the previous page")]
@@ -246,16 +287,39 @@ def to_change(body: KeySettings) -> KeyChange:
         payg=body.payg,
         rpm=number("rpm", body.rpm, values.nonneg_int),
         tpm=number("tpm", body.tpm, values.nonneg_int),
+        env=None if body.env is None else _parse("env", values.env, body.env),
+        owner=None if body.owner is None else _parse("owner", values.owner, body.owner),
+        meta=_meta(body.meta),
     )
 
 
-def _key_page(keyring: Keyring, cursor: str | None, limit: int) -> dict[str, Any]:
+def _meta(meta: dict[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    if not meta:  # absent, or {}: nothing to change
+        return None
+    pairs = []
+    for key, value in meta.items():
+        try:
+            pairs.append(values.meta_entry(key, value))
+        except InvalidChange as exc:
+            raise InvalidChange(f"meta: {exc}") from None
+    return tuple(pairs)
+
+
+def _key_page(
+    keyring: Keyring,
+    cursor: str | None,
+    limit: int,
+    env: str | None = None,
+    owner: str | None = None,
+) -> dict[str, Any]:
     ids = sorted(str(i) for i in cast(set[str], keyring.keys.client.smembers(IDS_SET)))
     index = bisect.bisect_right(ids, cursor) if cursor is not None else 0
     items: list[dict[str, Any]] = []
     while index < len(ids) and len(items) < limit:
         with contextlib.suppress(UnknownKey):  # revoked between SMEMBERS and the read
-            items.append(keyring.show(ids[index]))
+            info = keyring.show(ids[index])
+            if matches(info, env, owner):
+                items.append(info)
         index += 1
     return {"items": items, "next_cursor": ids[index - 1] if index < len(ids) else None}
 
@@ -277,11 +341,21 @@ async def create_key(request: Request, body: KeyCreate) -> dict[str, Any]:
 
 @router.get("/keys", response_model=KeyPage, response_model_exclude_unset=True, tags=["keys"])
 async def list_keys(
-    request: Request, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+    request: Request,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+    env: Annotated[
+        Text | None, Query(description="only keys with this env (empty: keys without one)")
+    ] = None,
+    owner: Annotated[
+        Text | None, Query(description="only keys with this owner (empty: keys without one)")
+    ] = None,
 ) -> dict[str, Any]:
-    """Keys in id order, a page at a time."""
+    """Keys in id order, a page at a time; ``env`` and ``owner`` filter them."""
+    env = None if env is None else _parse("env", values.env, env)
+    owner = None if owner is None else _parse("owner", values.owner, owner)
     keyring = _keyring(request)
-    return await _run(lambda: _key_page(keyring, cursor, limit))
+    return await _run(lambda: _key_page(keyring, cursor, limit, env, owner))
 
 
 @router.get(
@@ -291,6 +365,17 @@ async def show_key(request: Request, key_id: str) -> dict[str, Any]:
     """A key's settings and usage (never the key)."""
     keyring = _keyring(request)
     return await _run(lambda: keyring.show(key_id))
+
+
+@router.get("/keys/{key_id}/usage", response_model=KeyUsage, tags=["keys"])
+async def key_usage(
+    request: Request,
+    key_id: str,
+    days: Annotated[int, Query(description="the last N UTC days, today included (1-366)")] = 30,
+) -> dict[str, Any]:
+    """A key's usage per UTC day and priced model: requests, tokens and credits."""
+    keyring = _keyring(request)
+    return await _run(lambda: keyring.usage(key_id, days))
 
 
 @router.patch(

@@ -1,10 +1,12 @@
 """The admin server: the ASGI application (``create_app``) and its uvicorn runner (``run``).
 
-Every request passes, in this order: ``TokenGate`` (``/v1`` needs a valid admin token:
-401 without one, 403 for a viewer's write), ``BodyLimit`` (413 over
-``KEYGUARD_ADMIN_MAX_BODY``, counted as the body arrives), then the route. Errors are
-``application/problem+json`` (``problems``). The management core is synchronous (a
-redis-py client); routes call it in worker threads.
+Every request passes, in this order: ``SecurityHeaders`` (CSP, no framing, no caching:
+``dashboard``), ``TokenGate`` (``/v1`` needs a valid admin token or a dashboard session:
+401 without one, 403 for a viewer's write or a session's write without its CSRF token),
+``BodyLimit`` (413 over ``KEYGUARD_ADMIN_MAX_BODY``, counted as the body arrives), then the
+route. Errors are ``application/problem+json`` (``problems``). The management core is
+synchronous (a redis-py client); routes call it in worker threads. The dashboard's
+pages and assets (``dashboard``) are served by the same app, outside ``/v1``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyguard import __version__
-from keyguard.admin import api, problems
-from keyguard.admin.auth import TokenStore
+from keyguard.admin import api, dashboard, problems
+from keyguard.admin.auth import Principal, SessionStore, TokenStore
 from keyguard.admin.settings import AdminSettings
 from keyguard.errors import StartupError
 from keyguard.store.connect import SyncClient, sync_client
@@ -34,7 +37,7 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PROBLEM_STATUSES = {
     "400": "bad input: malformed JSON, an unknown field, a bad value",
     "401": "no admin token, or an unknown or revoked one",
-    "403": "a viewer token asked for a change",
+    "403": "a viewer token asked for a change, or a session's change lacked its CSRF token",
     "404": "no such key, price or route",
     "409": "refused by the state of the store",
     "413": "the request body is too large",
@@ -48,33 +51,59 @@ def _problem_bytes(status: int, detail: str) -> JSONResponse:
 
 
 class TokenGate:
-    """``/v1/…`` needs ``Authorization: Bearer <admin token>``; writes need the admin role.
+    """``/v1/…`` needs ``Authorization: Bearer <admin token>`` or a dashboard session
+    cookie; writes need the admin role, and a session's writes also its CSRF token in
+    ``X-CSRF-Token`` (and no foreign ``Origin``). ``Authorization``, when sent, wins.
 
     Runs before anything reads the body, so an unauthenticated request learns nothing
     about its body's faults. The caller is put in ``scope["state"]["principal"]``.
     """
 
-    def __init__(self, app: ASGIApp, tokens: TokenStore) -> None:
+    def __init__(self, app: ASGIApp, tokens: TokenStore, sessions: SessionStore) -> None:
         self.app = app
         self.tokens = tokens
+        self.sessions = sessions
+
+    async def _principal(self, scope: Scope) -> tuple[Principal | None, str | None]:
+        """The caller, and for a session's write the reason it is refused (else None)."""
+        headers = Headers(scope=scope)
+        authorization = headers.get("authorization")
+        if authorization is not None:
+            scheme, _, credential = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not credential.strip():
+                return None, None
+            return await run_in_threadpool(self.tokens.verify, credential.strip()), None
+        cookie = cookie_parser(headers.get("cookie", "")).get(dashboard.SESSION_COOKIE)
+        if not cookie:
+            return None, None
+        session = await run_in_threadpool(self.sessions.get, cookie)
+        if session is None:
+            return None, None
+        refused = None
+        if scope["method"] not in READ_METHODS:
+            if not dashboard.same_origin(scope):
+                refused = "a dashboard session's changes must come from the dashboard's origin"
+            elif not session.csrf_matches(headers.get("x-csrf-token")):
+                refused = "a dashboard session's changes need its X-CSRF-Token header"
+        return session.principal, refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if not (path == "/v1" or path.startswith("/v1/")):
             await self.app(scope, receive, send)
             return
-        scheme, _, credential = (Headers(scope=scope).get("authorization") or "").partition(" ")
-        principal = None
-        if scheme.lower() == "bearer" and credential.strip():
-            try:
-                principal = await run_in_threadpool(self.tokens.verify, credential.strip())
-            except redis.exceptions.RedisError as exc:
-                response = _problem_bytes(503, f"Redis failed ({type(exc).__name__}: {exc})")
-                await response(scope, receive, send)
-                return
+        try:
+            principal, refused = await self._principal(scope)
+        except redis.exceptions.RedisError as exc:
+            response = _problem_bytes(503, f"Redis failed ({type(exc).__name__}: {exc})")
+            await response(scope, receive, send)
+            return
         if principal is None:
             detail = "a valid admin token is needed: Authorization: Bearer <token>"
             await _problem_bytes(401, detail)(scope, receive, send)
+            return
+        if refused is not None:
+            await _problem_bytes(403, refused)(scope, receive, send)
             return
         if scope["method"] not in READ_METHODS and not principal.can_write:
             detail = f"token {principal.token_id} is a viewer; changes need an admin token"
@@ -161,8 +190,12 @@ def create_app(settings: AdminSettings, client: SyncClient) -> FastAPI:
         openapi_url="/openapi.json",
         redirect_slashes=False,
     )
+    tokens = TokenStore(client)
     app.state.client = client
+    app.state.sessions = SessionStore(client, tokens)
     app.include_router(api.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", dashboard.static_files(), name="static")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -171,7 +204,8 @@ def create_app(settings: AdminSettings, client: SyncClient) -> FastAPI:
 
     problems.install(app)
     app.add_middleware(BodyLimit, max_body=settings.max_body)
-    app.add_middleware(TokenGate, tokens=TokenStore(client))  # outermost: runs first
+    app.add_middleware(TokenGate, tokens=tokens, sessions=app.state.sessions)
+    app.add_middleware(dashboard.SecurityHeaders)  # outermost: runs first
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -27,8 +27,8 @@ PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("keyguard.admin")
 
 # Body fields of features that are designed but not built yet (rotation, plans,
-# metadata, alerts): refused by name rather than ignored.
-NOT_SUPPORTED_YET = frozenset({"env", "owner", "meta", "plan", "alert_below", "rotate"})
+# alerts): refused by name rather than ignored.
+NOT_SUPPORTED_YET = frozenset({"plan", "alert_below", "rotate"})
 
 
 class Problem(BaseModel):
@@ -82,7 +82,8 @@ def validation_detail(errors: Sequence[Any]) -> str:
         return f"unknown field {field!r}"
     if kind == "missing":
         return f"missing field {field!r}" if loc[:1] == ("body",) else f"missing {field!r}"
-    if loc == ("body",) or kind in ("model_attributes_type", "dict_type"):
+    # The body itself, not a field that should be an object (meta).
+    if loc == ("body",) or (kind in ("model_attributes_type", "dict_type") and not field):
         return "the body must be a JSON object (Content-Type: application/json)"
     message = str(err.get("msg", "is not valid"))
     if message.startswith("Value error, "):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 from google.protobuf import struct_pb2
 
@@ -31,6 +32,12 @@ CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 # Headers keyguard sets for the upstream. A client must never be able to
 # send its own, so each is either overwritten or removed on every allow.
 DEGRADED_HEADER = "x-keyguard-degraded"
+# The key's metadata: set when the key has it, removed when it does not.
+ENV_HEADER = "x-keyguard-key-env"
+OWNER_HEADER = "x-keyguard-key-owner"
+# keyring.values admits only these characters; a hand-edited record may hold others,
+# which Envoy would refuse in a header value: such a value is not sent.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 def header(name: str, value: str) -> HeaderValueOption:
@@ -178,7 +185,17 @@ def _token_pairs(spend: SpendResult) -> list[tuple[str, str]]:
 
 def _struct_string(key: str, value: str) -> bytes:
     # Struct.fields (1) map entry {key = 1, value = 2: Value{string_value = 3}}
-    return _field(1, _field(1, key.encode()) + _field(2, _field(3, value.encode())))
+    return _field(1, _key_field(key) + _field(2, _field(3, value.encode())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ticket_fixed(key_hash: str, model: str, anthropic: bool) -> bytes:
+    # What a key's tickets for one model share: encoded once, not on every Check.
+    return (
+        _struct_string("kh", key_hash)
+        + _struct_string("model", model)
+        + _struct_string("dialect", "anthropic" if anthropic else "openai")
+    )
 
 
 def ticket_suffix(ticket: Ticket) -> bytes:
@@ -186,11 +203,9 @@ def ticket_suffix(ticket: Ticket) -> bytes:
     its map entries into the memoized allow's metadata (key_id, key_type, billing)."""
     entries = (
         _struct_string("hold", ticket.hold_id)
-        + _struct_string("kh", ticket.key_hash)
         + _struct_string("held", str(ticket.held))
         + _struct_string("estimate", str(ticket.estimate))
-        + _struct_string("model", ticket.model)
-        + _struct_string("dialect", "anthropic" if ticket.anthropic else "openai")
+        + _ticket_fixed(ticket.key_hash, ticket.model, ticket.anthropic)
     )
     return _field(4, entries)
 
@@ -268,6 +283,11 @@ def allow(
         headers.append(header(DEGRADED_HEADER, "1"))
     else:
         remove.append(DEGRADED_HEADER)
+    for name, value in ((ENV_HEADER, record.env), (OWNER_HEADER, record.owner)):
+        if _HEADER_VALUE.fullmatch(value):
+            headers.append(header(name, value))
+        else:
+            remove.append(name)
     metadata = struct_pb2.Struct()
     metadata.update({"key_id": record.id, "key_type": record.type, "billing": billing})
     return CheckResponse(
@@ -280,6 +300,7 @@ def allow(
 def allow_unknown_degraded(strip_credentials: bool) -> CheckResponse:
     """Allow without a record: KEYGUARD_ON_STORE_ERROR=allow while Redis is down."""
     remove = list(CREDENTIAL_HEADERS) if strip_credentials else []
+    remove += [ENV_HEADER, OWNER_HEADER]
     return CheckResponse(
         status=Status(code=0),
         ok_response=OkHttpResponse(

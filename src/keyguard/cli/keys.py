@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from keyguard.cli import argtypes
-from keyguard.cli.render import print_created, print_key_table, print_record
+from keyguard.cli.render import print_created, print_key_table, print_record, print_usage
 from keyguard.keyring import KEY_TYPES, KeyChange, Keyring
 from keyguard.record import TYPE_STANDARD
 from keyguard.settings import load
@@ -35,6 +35,9 @@ def _change(args: argparse.Namespace) -> KeyChange:
         payg=args.payg,
         rpm=args.rpm,
         tpm=args.tpm,
+        env=args.env,
+        owner=args.owner,
+        meta=tuple(args.meta) if args.meta else None,
     )
 
 
@@ -46,7 +49,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    infos = _keyring(args).list()
+    infos = _keyring(args).list(env=args.env, owner=args.owner)
     if args.json:
         print(json.dumps(infos))
     else:
@@ -79,6 +82,15 @@ def cmd_enable(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     _keyring(args).revoke(args.id)
     print(json.dumps({"id": args.id, "revoked": True}) if args.json else f"key {args.id} revoked")
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    history = _keyring(args).usage(args.id, args.days)
+    if args.json:
+        print(json.dumps(history))
+    else:
+        print_usage(history["days"])
     return 0
 
 
@@ -123,6 +135,19 @@ def _key_options(parser: argparse.ArgumentParser, creating: bool) -> None:
         "--rpm", type=argtypes.nonneg_int, help="requests per minute (0 = no limit)"
     )
     parser.add_argument("--tpm", type=argtypes.nonneg_int, help="tokens per minute (0 = no limit)")
+    parser.add_argument(
+        "--env", type=argtypes.env, help="the key's environment, e.g. live, test ('' = none)"
+    )
+    parser.add_argument(
+        "--owner", type=argtypes.owner, help="who the key belongs to, e.g. team-a ('' = none)"
+    )
+    parser.add_argument(
+        "--meta",
+        type=argtypes.meta_item,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a label (repeatable; at most 16 per key); KEY= removes KEY",
+    )
 
 
 def add_keys_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -142,11 +167,17 @@ def add_keys_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> No
 
     create = add("create", cmd_create, "create a key and print it once", with_id=False)
     _key_options(create, creating=True)
-    add("list", cmd_list, "list keys", with_id=False)
+    listp = add("list", cmd_list, "list keys", with_id=False)
+    listp.add_argument("--env", type=argtypes.env, help="only keys with this env ('' = none)")
+    listp.add_argument("--owner", type=argtypes.owner, help="only keys with this owner ('' = none)")
     add("show", cmd_show, "show a key's settings and usage (never the key)")
     add("disable", cmd_disable, "disable a key (reversible)")
     add("enable", cmd_enable, "enable a disabled key")
     add("revoke", cmd_revoke, "delete a key for good")
+    usage = add("usage", cmd_usage, "a key's usage per day and model")
+    usage.add_argument(
+        "--days", type=argtypes.pos_int, default=30, help="the last N UTC days (1-366; 30)"
+    )
     topup = add("topup", cmd_topup, "add quota to a key")
     topup.add_argument("amount", type=argtypes.pos_int)
     setp = add("set", cmd_set, "change a key's settings")

@@ -21,6 +21,7 @@ from typing import Any
 
 from keyguard.audit import Audit, local_actor
 from keyguard.errors import InvalidChange, KeyringError
+from keyguard.keyring import values
 from keyguard.keyring.redis import RedisKeys
 from keyguard.keyring.usage import MAX_DAYS, usage_history
 from keyguard.keys import generate_key, generate_key_id, hash_key
@@ -31,6 +32,7 @@ from keyguard.record import (
     TYPE_SUBSCRIPTION,
     KeyRecord,
     new_record_fields,
+    parse_meta,
     record_from_hash,
 )
 from keyguard.store.connect import SyncClient
@@ -52,6 +54,10 @@ class KeyChange:
     payg: bool | None = None
     rpm: int | None = None
     tpm: int | None = None  # tokens per minute; 0 = no limit
+    env: str | None = None  # "" = none
+    owner: str | None = None  # "" = none
+    # KEY, VALUE pairs merged into the key's meta in order; an empty VALUE removes KEY.
+    meta: tuple[tuple[str, str], ...] | None = None
 
     @property
     def empty(self) -> bool:
@@ -84,6 +90,9 @@ def describe(record: KeyRecord) -> dict[str, Any]:
         "name": record.name,
         "type": record.type,
         "status": record.status,
+        "env": record.env or None,
+        "owner": record.owner or None,
+        "meta": parse_meta(record.meta),
         "created_at": _iso(record.created_at),
         "expires_at": _iso(record.expires_at),
         "models": list(record.model_names) if record.models is not None else None,
@@ -103,7 +112,11 @@ def describe(record: KeyRecord) -> dict[str, Any]:
         "tokens_in": record.tokens_in,
         "tokens_out": record.tokens_out,
         "cached_tokens": record.cached_tokens,
+        "last_used_at": _iso(record.last_used_at),
     }
+    if record.rotated_at is not None:
+        out["rotated_at"] = _iso(record.rotated_at)
+        out["grace_until"] = _iso(record.grace_until)
     if record.type == TYPE_SUBSCRIPTION:
         out["cycle"] = format_seconds(record.cycle_seconds)
         out["cycle_quota"] = record.cycle_quota
@@ -112,16 +125,31 @@ def describe(record: KeyRecord) -> dict[str, Any]:
     return out
 
 
+def matches(info: dict[str, Any], env: str | None, owner: str | None) -> bool:
+    """Whether a described key has this env and owner (None: any; "": none set)."""
+    return (env is None or (info["env"] or "") == env) and (
+        owner is None or (info["owner"] or "") == owner
+    )
+
+
 def _check_combination(change: KeyChange) -> None:
     if change.quota is not None and change.unlimited:
         raise InvalidChange("use either --quota or --unlimited, not both")
 
 
-def _fields(change: KeyChange, key_type: str, creating: bool) -> dict[str, str]:
-    """The record fields a change writes, for a key of ``key_type``."""
+def _fields(
+    change: KeyChange, key_type: str, creating: bool, meta: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The record fields a change writes, for a key of ``key_type`` whose meta is ``meta``."""
     fields: dict[str, str] = {}
     if change.name is not None:
         fields["name"] = change.name
+    if change.env is not None:
+        fields["env"] = change.env
+    if change.owner is not None:
+        fields["owner"] = change.owner
+    if change.meta is not None:
+        fields["meta"] = values.merge_meta(meta or {}, change.meta)
     if change.models is not None:
         fields["models"] = change.models
     if change.allowed_ips is not None:
@@ -185,6 +213,8 @@ def change_fields(change: KeyChange) -> dict[str, Any]:
             value = _iso(int(value)) if value else "never"
         elif field.name == "cycle":
             value = format_seconds(value)
+        elif field.name == "meta":
+            value = dict(value)
         out[field.name] = value
     return out
 
@@ -223,6 +253,22 @@ class Keyring:
     def show(self, key_id: str) -> dict[str, Any]:
         return self._describe(*self.keys.get(key_id))
 
+    def rotate(self, key_id: str, grace_seconds: int) -> CreatedKey:
+        """A new secret for the same key id, keeping its settings, balance and usage. The
+        current secret keeps working for ``grace_seconds`` (0: it stops at once); a secret
+        still in the grace of an earlier rotation stops now."""
+        if grace_seconds < 0:
+            raise InvalidChange("the grace must be 0 or more")
+        key_hash, raw = self.keys.get(key_id)
+        key = generate_key(raw.get("type", TYPE_STANDARD))
+        now = int(time.time())
+        info = self._describe(
+            key_hash, self.keys.rotate(key_id, hash_key(key), now + grace_seconds, now)
+        )
+        grace = format_seconds(grace_seconds) if grace_seconds else "0s"
+        self._record("key.rotate", key_id, {"grace": grace})
+        return CreatedKey(key, info)
+
     def usage(self, key_id: str, days: int = 30) -> dict[str, Any]:
         """The key's usage history for the last ``days`` UTC days (``keyring.usage``)."""
         if not 1 <= days <= MAX_DAYS:
@@ -230,13 +276,19 @@ class Keyring:
         key_hash = self.keys.hash_of(key_id)
         return {"id": key_id, "days": usage_history(self.keys.client, key_hash, days)}
 
-    def list(self) -> list[dict[str, Any]]:
-        return [self._describe(key_hash, raw) for key_hash, raw in self.keys.list()]
+    def list(self, env: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        """Every key, or those with this env and owner ("" = those without one)."""
+        infos = (self._describe(key_hash, raw) for key_hash, raw in self.keys.list())
+        return [info for info in infos if matches(info, env, owner)]
 
     def edit(self, key_id: str, change: KeyChange) -> dict[str, Any]:
         check_edit(change)
         key_hash, raw = self.keys.get(key_id)
-        fields = _fields(change, raw.get("type", TYPE_STANDARD), creating=False)
+        try:
+            meta = parse_meta(raw.get("meta", "")) if change.meta is not None else None
+        except ValueError:
+            raise KeyringError(f"key {key_id!r} has an unreadable meta field") from None
+        fields = _fields(change, raw.get("type", TYPE_STANDARD), creating=False, meta=meta)
         if not fields:
             raise InvalidChange("nothing to change: give at least one option")
         info = self._describe(key_hash, self.keys.update(key_id, fields))
@@ -273,4 +325,5 @@ __all__ = [
     "check_create",
     "check_edit",
     "describe",
+    "matches",
 ]

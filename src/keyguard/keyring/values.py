@@ -6,8 +6,10 @@ expected; the CLI's argument types and the admin API both call these.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from keyguard.errors import InvalidChange
@@ -17,6 +19,12 @@ from keyguard.record import parse_networks
 ALL = "*"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# --env, --owner and the keys of --meta: short identifiers (safe in a header value).
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
+_IDENTIFIER_RULE = "up to 64 of A-Z a-z 0-9 . _ : @ -, starting with a letter or digit"
+META_MAX_PAIRS = 16
+META_MAX_VALUE = 256  # characters
+META_MAX_BYTES = 4096  # the stored JSON, UTF-8
 
 
 def nonneg_int(text: str) -> int:
@@ -100,3 +108,69 @@ def expires(text: str) -> str:
     if stamp <= time.time():
         raise InvalidChange(f"expiry {text!r} is in the past")
     return str(int(stamp))
+
+
+def _identifier(what: str, text: str, example: str) -> str:
+    """A short identifier, or '' (which removes the setting)."""
+    value = text.strip()
+    if value and not _IDENTIFIER.match(value):
+        raise InvalidChange(
+            f"bad {what} {text[:80]!r}: use {_IDENTIFIER_RULE}, such as {example} ('' removes it)"
+        )
+    return value
+
+
+def env(text: str) -> str:
+    """The key's environment (``live``, ``test``); '' for none."""
+    return _identifier("env", text, "live")
+
+
+def owner(text: str) -> str:
+    """Who the key belongs to (``team-a``); '' for nobody."""
+    return _identifier("owner", text, "team-a")
+
+
+def meta_entry(key: str, value: str) -> tuple[str, str]:
+    """One metadata pair; an empty value means: remove this key."""
+    if not _IDENTIFIER.match(key):
+        raise InvalidChange(f"bad meta key {key[:80]!r}: use {_IDENTIFIER_RULE}")
+    if len(value) > META_MAX_VALUE:
+        raise InvalidChange(
+            f"meta value of {key!r} is {len(value)} characters; at most {META_MAX_VALUE}"
+        )
+    if not value.isprintable():
+        raise InvalidChange(f"meta value of {key!r} has a control character; use printable text")
+    return key, value
+
+
+def meta_item(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (``KEY=`` removes KEY), as ``--meta`` takes it."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise InvalidChange(f"bad meta {text[:80]!r}: use KEY=VALUE (KEY= removes KEY)")
+    return meta_entry(key.strip(), value)
+
+
+def merge_meta(current: dict[str, str], pairs: Iterable[tuple[str, str]]) -> str:
+    """``current`` with ``pairs`` applied (an empty value removes its key), as the record
+    stores it: compact JSON, '' when nothing is left. Bounded in pairs and in size."""
+    merged = dict(current)
+    for key, value in pairs:
+        if value:
+            merged[key] = value
+        else:
+            merged.pop(key, None)
+    if len(merged) > META_MAX_PAIRS:
+        raise InvalidChange(
+            f"a key has at most {META_MAX_PAIRS} meta pairs; this would give it {len(merged)}"
+            " (KEY= removes one)"
+        )
+    if not merged:
+        return ""
+    text = json.dumps(merged, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > META_MAX_BYTES:
+        raise InvalidChange(
+            f"a key's meta is at most {META_MAX_BYTES} bytes as JSON;"
+            f" this would make it {len(text.encode())}"
+        )
+    return text
