@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import redis
 
 from keyguard.authz.service import AuthorizationService
@@ -144,3 +145,46 @@ def test_a_disable_reaches_the_records_cached_under_every_secret(redis_url: str)
                 assert await status(service, key) == (401, "key_disabled")
 
     asyncio.run(go())
+
+
+def test_keys_rotate_cli_and_api_show_the_new_key_once(redis_url: str) -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from keyguard.admin.app import create_app
+    from keyguard.admin.auth import TokenStore
+    from keyguard.admin.settings import AdminSettings
+    from keyguard.keys import hash_key
+    from tests.support.checks import keys_cli
+
+    created = create_key(redis_url, "--quota", "5")
+    code, out = keys_cli(redis_url, "rotate", created["id"], "--grace", "2h", "--json")
+    assert code == 0
+    rotated = json.loads(out)
+    assert rotated["id"] == created["id"] and rotated["key"].startswith("sk-")
+    assert rotated["key"] != created["key"] and rotated["grace_until"]
+    # The raw key is stored nowhere; its hash leads to the key's record through an alias.
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert client.hget(f"kg:{{{hash_key(rotated['key'])}}}:rec", "alias_of") == hash_key(
+            created["key"]
+        )
+        for key in client.scan_iter():
+            assert rotated["key"] not in str(client.dump(key))
+        token = TokenStore(client).create("admin", "t").token
+        app = create_app(AdminSettings(), client)
+        with TestClient(app, base_url="http://127.0.0.1") as http:
+            auth = {"authorization": f"Bearer {token}"}
+            resp = http.post(f"/v1/keys/{created['id']}/rotate", json={"grace": "0"}, headers=auth)
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["key"].startswith("sk-")
+            bad = http.post(f"/v1/keys/{created['id']}/rotate", json={"grace": "31d"}, headers=auth)
+            assert bad.status_code == 400 and "grace" in bad.json()["detail"]
+            missing = http.post("/v1/keys/kg_000000000000/rotate", json={}, headers=auth)
+            assert missing.status_code == 404
+    finally:
+        client.close()
+    with pytest.raises(SystemExit) as refused:  # argparse: a one-line usage error
+        keys_cli(redis_url, "rotate", created["id"], "--grace=-1h")
+    assert refused.value.code == 2

@@ -99,6 +99,18 @@ class TopUp(_Body):
     amount: StrictInt = Field(description="units to add (greater than 0)")
 
 
+class Rotate(_Body):
+    grace: Text = Field(
+        "0", description="how long the previous secret keeps working: 24h, 30m, or 0 (at once)"
+    )
+
+
+class RotatedKey(BaseModel):
+    id: str
+    key: str = Field(description="the new API key itself: shown in this answer only, never again")
+    grace_until: str | None = Field(description="when the previous secret stops working")
+
+
 class PriceBody(_Body):
     """Whole credits per 1M tokens (per request for per_request)."""
 
@@ -428,6 +440,16 @@ async def topup_key(request: Request, key_id: str, body: TopUp) -> dict[str, Any
     """Add units to a key's quota (the current cycle's, for a subscription key)."""
     keyring = _keyring(request)
     return await _run(lambda: keyring.topup(key_id, body.amount))
+
+
+@router.post("/keys/{key_id}/rotate", response_model=RotatedKey, tags=["keys"])
+async def rotate_key(request: Request, key_id: str, body: Rotate) -> dict[str, Any]:
+    """A new secret for the key, keeping its settings, balance and usage; the previous
+    secret keeps working until the grace ends (then 401 on every replica)."""
+    grace = _parse("grace", values.grace, body.grace)
+    keyring = _keyring(request)
+    rotated = await _run(lambda: keyring.rotate(key_id, grace))
+    return {"id": key_id, "key": rotated.key, "grace_until": rotated.info.get("grace_until")}
 
 
 def _price_page(editor: PriceEditor, cursor: str | None, limit: int) -> dict[str, Any]:

@@ -94,6 +94,23 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotate(args: argparse.Namespace) -> int:
+    rotated = _keyring(args).rotate(args.id, args.grace)
+    if args.json:
+        print(
+            json.dumps(
+                {"id": args.id, "key": rotated.key, "grace_until": rotated.info.get("grace_until")}
+            )
+        )
+    else:
+        until = rotated.info.get("grace_until")
+        print(
+            f"Rotated key {args.id}. Store the new key now; it is shown only once:\n\n"
+            f"  {rotated.key}\n\nThe previous key works until {until}."
+        )
+    return 0
+
+
 def cmd_topup(args: argparse.Namespace) -> int:
     print_record(_keyring(args).topup(args.id, args.amount), args.json)
     return 0
@@ -177,6 +194,13 @@ def add_keys_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> No
     usage = add("usage", cmd_usage, "a key's usage per day and model")
     usage.add_argument(
         "--days", type=argtypes.pos_int, default=30, help="the last N UTC days (1-366; 30)"
+    )
+    rotate = add("rotate", cmd_rotate, "give a key a new secret, the old one working for --grace")
+    rotate.add_argument(
+        "--grace",
+        type=argtypes.grace,
+        default=0,
+        help="how long the previous secret keeps working: 24h, 30m, 0 (default: 0, at once)",
     )
     topup = add("topup", cmd_topup, "add quota to a key")
     topup.add_argument("amount", type=argtypes.pos_int)

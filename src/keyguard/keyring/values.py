@@ -174,3 +174,13 @@ def merge_meta(current: dict[str, str], pairs: Iterable[tuple[str, str]]) -> str
             f" this would make it {len(text.encode())}"
         )
     return text
+
+
+def grace(text: str) -> int:
+    """A rotation's grace: a duration (24h, 30m) or 0, at most 30 days."""
+    if text.strip() == "0":
+        return 0
+    seconds = duration(text)
+    if seconds > 30 * 86400:
+        raise InvalidChange(f"grace {text!r} is longer than 30d")
+    return seconds
