@@ -43,7 +43,7 @@ def local_actor() -> str:
     return f"{CLI_ACTOR}:{user}"
 
 
-def _iso_ms(ms: int) -> str:
+def iso_ms(ms: int) -> str:
     return (
         datetime.fromtimestamp(ms / 1000, tz=UTC)
         .isoformat(timespec="milliseconds")
@@ -90,7 +90,7 @@ def entry_info(entry_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         fields = {}
     return {
         "id": entry_id,
-        "time": _iso_ms(int(entry_id.partition("-")[0])),
+        "time": iso_ms(int(entry_id.partition("-")[0])),
         "actor": raw.get("actor", ""),
         "action": raw.get("action", ""),
         "target": raw.get("target", ""),

@@ -46,6 +46,7 @@ class KeyRecord:
     secret_expires_at: float | None = None
     rotated_at: float | None = None  # the last `keys rotate`
     last_used_at: float | None = None  # the last settled request (token metering)
+    alert_below: str = ""  # low-balance threshold: credits, or "N%" of the quota
     grace_until: float | None = None  # when the secret it replaced stops working
     # Metering (KEYGUARD_METERING=tokens): credits held by open requests, and the
     # tokens settled so far. Written by the hold and settle scripts.
@@ -128,6 +129,7 @@ def record_from_hash(key_hash: str, raw: dict[str, str]) -> KeyRecord:
         secret_expires_at=_float_or_none(raw, "secret_expires_at"),
         rotated_at=_float_or_none(raw, "rotated_at"),
         last_used_at=_float_or_none(raw, "last_used_at"),
+        alert_below=raw.get("alert_below", ""),
         grace_until=_float_or_none(raw, "grace_until"),
         held=_int(raw, "held"),
         tokens_in=_int(raw, "tokens_in"),

@@ -307,12 +307,12 @@ def test_openapi_document_is_public_and_documents_problems(api: Admin) -> None:
 BAD_BODIES: dict[str, tuple[str, str, Any, int, str]] = {
     "unknown field": ("POST", "/v1/keys", {"quota": 1, "colour": "red"}, 400, "'colour'"),
     "not yet: plan": ("POST", "/v1/keys", {"plan": "gold"}, 400, "'plan' is not supported yet"),
-    "not yet: alert_below": (
+    "bad alert_below": (
         "PATCH",
         "/v1/keys/{id}",
-        {"alert_below": 5},
+        {"alert_below": "150%"},
         400,
-        "not supported yet",
+        "alert_below: bad threshold",
     ),
     "bad env": ("POST", "/v1/keys", {"env": "live env"}, 400, "env: bad env 'live env'"),
     "bad owner": ("PATCH", "/v1/keys/{id}", {"owner": "a/b"}, 400, "owner: bad owner"),

@@ -46,6 +46,7 @@ ENVOY_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # for them. Each is checked structurally by its own test below instead.
 NO_BUILTIN_SCHEMA = {
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
 }
 
@@ -246,6 +247,36 @@ def test_podmonitor_scrapes_keyguard_and_envoy() -> None:
     for endpoint in endpoints.values():
         assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
         assert re.fullmatch(r"\d+s", endpoint["interval"])
+
+
+def test_prometheus_rules_read_only_keyguard_metrics_and_cover_what_the_issue_asks() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from keyguard.runtime.metrics import Metrics
+
+    rule = _one("PrometheusRule")
+    registry = CollectorRegistry()
+    Metrics(registry)
+    known = set()
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    for family in registry.collect():
+        known |= {sample.name for sample in family.samples} | {family.name}
+        known |= {family.name + end for end in suffixes.get(family.type, ())}
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    # Keys below their threshold, keyguard's health, its errors and its latency.
+    assert {
+        "KeyguardKeysBelowAlertThreshold",
+        "KeyguardStoreDown",
+        "KeyguardErrors",
+        "KeyguardSlowChecks",
+    } <= set(alerts)
+    for name, alert in alerts.items():
+        used = set(re.findall(r"\bkeyguard_[a-z_]+", alert["expr"]))
+        assert used and used <= known, (name, used - known)
+        assert alert["labels"]["severity"] in {"info", "warning", "critical"}
+        assert alert["annotations"]["summary"]
+        # No alert may carry a key: no per-key label exists to group by.
+        assert not re.search(r"key_id|key_hash", alert["expr"])
 
 
 def test_service_routes_to_envoy() -> None:

@@ -24,6 +24,7 @@ from keyguard.admin.auth import Principal
 from keyguard.audit import Audit, check_cursor, parse_since
 from keyguard.errors import InvalidChange, UnknownKey
 from keyguard.keyring import KEY_TYPES, KeyChange, Keyring, matches, values
+from keyguard.keyring.alerts import alerts_with_state
 from keyguard.keyring.prices import PriceEditor, price_info
 from keyguard.record import TYPE_STANDARD
 from keyguard.store import IDS_SET
@@ -79,6 +80,11 @@ class KeySettings(_Body):
     )
     owner: Text | None = Field(
         None, description="who the key belongs to, e.g. team-a ('' removes it)"
+    )
+    alert_below: Text | StrictInt | None = Field(
+        None,
+        description="low-balance alert: credits (50000) or a percentage of the quota ('10%');"
+        " 0 removes it",
     )
     meta: dict[Text, Text] | None = Field(
         None,
@@ -145,6 +151,7 @@ class KeyInfo(BaseModel):
     env: str | None = None
     owner: str | None = None
     meta: dict[str, str] = Field(default_factory=dict)
+    alert_below: str | None = None
     last_used_at: str | None = None
     rotated_at: str | None = None
     grace_until: str | None = None
@@ -302,6 +309,9 @@ def to_change(body: KeySettings) -> KeyChange:
         env=None if body.env is None else _parse("env", values.env, body.env),
         owner=None if body.owner is None else _parse("owner", values.owner, body.owner),
         meta=_meta(body.meta),
+        alert_below=None
+        if body.alert_below is None
+        else _parse("alert_below", values.alert_below, str(body.alert_below)),
     )
 
 
@@ -516,6 +526,37 @@ async def read_audit(
     audit = Audit(_client(request))
     items, next_cursor = await _run(
         lambda: audit.read(target=key, since_ms=since_ms, after=cursor, limit=limit)
+    )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+class AlertInfo(BaseModel):
+    id: str
+    at: str
+    key_id: str
+    remaining: int
+    threshold: int
+    below_now: bool = Field(description="the key's balance is below its threshold now")
+
+
+class AlertPage(BaseModel):
+    items: list[AlertInfo]
+    next_cursor: str | None
+
+
+@router.get("/alerts", response_model=AlertPage, tags=["alerts"])
+async def read_alerts(
+    request: Request,
+    key: Annotated[Text | None, Query(description="only this key id's alerts")] = None,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Low-balance alerts (one per crossing), oldest first, a page at a time."""
+    if cursor is not None:
+        _parse("cursor", check_cursor, cursor)
+    client = _client(request)
+    items, next_cursor = await _run(
+        lambda: alerts_with_state(client, key_id=key, after=cursor, limit=limit)
     )
     return {"items": items, "next_cursor": next_cursor}
 

@@ -28,7 +28,7 @@ log = logging.getLogger("keyguard.admin")
 
 # Body fields of features that are designed but not built yet (rotation, plans,
 # alerts): refused by name rather than ignored.
-NOT_SUPPORTED_YET = frozenset({"plan", "alert_below", "rotate"})
+NOT_SUPPORTED_YET = frozenset({"plan", "rotate"})
 
 
 class Problem(BaseModel):

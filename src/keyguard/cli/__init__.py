@@ -18,6 +18,7 @@ import redis.exceptions
 
 from keyguard import __version__
 from keyguard.cli.admin import add_admin_parsers
+from keyguard.cli.alerts import add_alerts_parser
 from keyguard.cli.keys import add_keys_parser
 from keyguard.cli.prices import add_prices_parser
 from keyguard.cli.serve import add_serve_parsers
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_parser(sub, _Parser)
     add_prices_parser(sub, _Parser)
     add_admin_parsers(sub, _Parser)
+    add_alerts_parser(sub, _Parser)
     return parser
 
 

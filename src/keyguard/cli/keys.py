@@ -38,6 +38,7 @@ def _change(args: argparse.Namespace) -> KeyChange:
         env=args.env,
         owner=args.owner,
         meta=tuple(args.meta) if args.meta else None,
+        alert_below=args.alert_below,
     )
 
 
@@ -152,6 +153,11 @@ def _key_options(parser: argparse.ArgumentParser, creating: bool) -> None:
         "--rpm", type=argtypes.nonneg_int, help="requests per minute (0 = no limit)"
     )
     parser.add_argument("--tpm", type=argtypes.nonneg_int, help="tokens per minute (0 = no limit)")
+    parser.add_argument(
+        "--alert-below",
+        type=argtypes.alert_below,
+        help="low-balance alert: credits (50000) or a percentage of the quota (10%%); 0 = none",
+    )
     parser.add_argument(
         "--env", type=argtypes.env, help="the key's environment, e.g. live, test ('' = none)"
     )

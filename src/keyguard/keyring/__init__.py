@@ -58,6 +58,7 @@ class KeyChange:
     owner: str | None = None  # "" = none
     # KEY, VALUE pairs merged into the key's meta in order; an empty VALUE removes KEY.
     meta: tuple[tuple[str, str], ...] | None = None
+    alert_below: str | None = None  # credits, or "N%" of the quota; "" = no alert
 
     @property
     def empty(self) -> bool:
@@ -113,6 +114,7 @@ def describe(record: KeyRecord) -> dict[str, Any]:
         "tokens_out": record.tokens_out,
         "cached_tokens": record.cached_tokens,
         "last_used_at": _iso(record.last_used_at),
+        "alert_below": record.alert_below or None,
     }
     if record.rotated_at is not None:
         out["rotated_at"] = _iso(record.rotated_at)
@@ -162,6 +164,9 @@ def _fields(
         fields["rpm"] = str(change.rpm)
     if change.tpm is not None:
         fields["tpm"] = str(change.tpm)
+    if change.alert_below is not None:
+        fields["alert_below"] = change.alert_below
+        fields["alert_armed"] = "1"  # a new threshold starts armed
     if change.unlimited:
         if key_type == TYPE_SUBSCRIPTION:
             raise InvalidChange(

@@ -184,3 +184,19 @@ def grace(text: str) -> int:
     if seconds > 30 * 86400:
         raise InvalidChange(f"grace {text!r} is longer than 30d")
     return seconds
+
+
+def alert_below(text: str) -> str:
+    """A low-balance threshold: whole credits ("50000") or a percentage of the quota
+    ("10%", 1 to 99); "" or "0" removes it."""
+    value = text.strip()
+    if value in ("", "0"):
+        return ""
+    if value.endswith("%"):
+        number = value[:-1]
+        if number.isascii() and number.isdigit() and 1 <= int(number) <= 99:
+            return str(int(number)) + "%"
+        raise InvalidChange(f"bad threshold {text!r}: a percentage is 1% to 99%")
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        return str(int(value))
+    raise InvalidChange(f"bad threshold {text!r}: use whole credits (50000) or a percentage (10%)")
