@@ -44,6 +44,17 @@ def documented_acl() -> list[str]:
 
 
 KEYGUARD_ACL = documented_acl()
+
+
+def documented_sidecar_acl() -> list[str]:
+    """The rules of the `user keyguard-sidecar on >PASSWORD ...` line."""
+    for line in ACL_DOC.read_text().splitlines():
+        if line.startswith("user keyguard-sidecar on >PASSWORD "):
+            return line.split()[4:]
+    raise AssertionError(f"no 'user keyguard-sidecar on >PASSWORD ...' line in {ACL_DOC}")
+
+
+SIDECAR_ACL = documented_sidecar_acl()
 # URL-unsafe characters on purpose: the URL carries it percent-encoded.
 ACL_PASSWORD = "kg-Pa$$:w/rd@7f3a"
 ADMIN_PASSWORD = "admin-9b1c2d"
@@ -174,12 +185,13 @@ def acl_redis(redis_process: list[RedisServer]) -> RedisServer:
         [
             *("--user", "default", "on", f">{ADMIN_PASSWORD}", "~*", "&*", "+@all"),
             *("--user", "keyguard", "on", f">{ACL_PASSWORD}", *KEYGUARD_ACL),
+            *("--user", "keyguard-sidecar", "on", f">{ACL_PASSWORD}", *SIDECAR_ACL),
         ],
     )
 
 
-def acl_url(server: RedisServer, password: str = ACL_PASSWORD) -> str:
-    return f"redis://keyguard:{quote(password, safe='')}@127.0.0.1:{server.port}/0"
+def acl_url(server: RedisServer, password: str = ACL_PASSWORD, user: str = "keyguard") -> str:
+    return f"redis://{user}:{quote(password, safe='')}@127.0.0.1:{server.port}/0"
 
 
 def admin_client(server: RedisServer) -> redis.Redis:
@@ -245,6 +257,56 @@ def send_access_log(target: str, ticket: dict[str, str], usage: dict[str, float]
     entry.response.response_code.value = 200
     with grpc.insecure_channel(target) as channel:
         AccessLogServiceStub(channel).StreamAccessLogs(iter([message]), timeout=5)
+
+
+def test_the_sidecar_user_serves_and_settles_but_cannot_manage_keys(
+    acl_redis: RedisServer, tmp_path: Path
+) -> None:
+    admin_url = acl_url(acl_redis)
+    sidecar_url = acl_url(acl_redis, user="keyguard-sidecar")
+    admin = admin_client(acl_redis)
+    try:
+        prices = tmp_path / "prices.json"
+        prices.write_text(json.dumps({"gpt-4o": {"input": 1_000_000, "output": 2_000_000}}))
+        assert run_cli("prices", "import", str(prices), redis_url=admin_url).returncode == 0
+        key = cli("create", "--quota", "100", "--alert-below", "50", url=admin_url)
+        admin.acl_log_reset()
+        env = {"KEYGUARD_METERING": "tokens"}
+        with running_keyguard(sidecar_url, env) as server, Client(server.target) as client:
+            wait_until(lambda: client.health_status() == "SERVING", timeout=15)
+            body = b'{"model": "gpt-4o", "max_tokens": 10}'
+            resp = client.check(check_request({"x-api-key": key["key"]}, body=body))
+            assert (http_status(resp), reason(resp)) == (200, "ok")
+            ticket = {k: v.string_value for k, v in resp.dynamic_metadata.fields.items()}
+            # 60 + 2 * 20 = 100 credits: the balance crosses the alert threshold.
+            send_access_log(
+                server.target, ticket, {"prompt_tokens": 60.0, "completion_tokens": 20.0}
+            )
+            wait_until(lambda: cli("show", key["id"], url=admin_url)["used"] == 100, timeout=10)
+            wait_until(lambda: admin.scard("kg:{alerts}:below") == 1, timeout=10)
+            # A change by the admin user still reaches the sidecar's cache.
+            cli("disable", key["id"], url=admin_url)
+            assert eventually(lambda: decide(client, key["key"]), (401, "key_disabled")) == (
+                401,
+                "key_disabled",
+            )
+            logs = server.logs()
+        refused = admin.acl_log()
+        assert refused == [], f"the sidecar needed more than its documented ACL: {refused}"
+        assert "Traceback" not in logs, logs[-3000:]
+        # What the sidecar's user may not do: manage keys or prices.
+        for args in (
+            ("keys", "create", "--quota", "5"),
+            ("keys", "disable", key["id"]),
+            ("keys", "revoke", key["id"]),
+            ("prices", "set", "gpt-4o", "--input", "1", "--output", "1"),
+        ):
+            result = run_cli(*args, redis_url=sidecar_url)
+            assert result.returncode != 0, args
+            assert "Traceback" not in result.stderr and ACL_PASSWORD not in result.stderr
+        assert cli("show", key["id"], url=admin_url)["status"] == "disabled"
+    finally:
+        admin.close()
 
 
 def test_acl_user_is_refused_outside_its_prefix(acl_redis: RedisServer) -> None:
