@@ -90,7 +90,20 @@ def test_routes(config: Path) -> None:
     assert healthz["direct_response"]["status"] == 200
     assert healthz["typed_per_filter_config"][EXT_AUTHZ]["disabled"] is True
     models = routes["/v1/models"]["typed_per_filter_config"][EXT_AUTHZ]
-    assert models["check_settings"] == {"disable_request_body_buffering": True}
+    assert models["check_settings"] == {
+        "disable_request_body_buffering": True,
+        # keyguard's per-route settings (README, Metering): listing models is not metered.
+        "context_extensions": {"keyguard.meter": "off"},
+    }
+    # Each documented per-route setting is shown on a route.
+    extensions = {
+        path: r["typed_per_filter_config"][EXT_AUTHZ]["check_settings"]["context_extensions"]
+        for path, r in routes.items()
+        if "check_settings" in r.get("typed_per_filter_config", {}).get(EXT_AUTHZ, {})
+    }
+    assert extensions["/v1/images/"] == {"keyguard.cost": "40000"}
+    assert extensions["/v1/batches"] == {"keyguard.key_types": "subscription"}
+    assert extensions["/anthropic/"] == {"keyguard.dialect": "anthropic"}
     # Only /healthz may skip keyguard.
     skipping = [
         p

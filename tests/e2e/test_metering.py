@@ -265,29 +265,35 @@ def test_an_unpriced_model_is_denied_before_anything_is_held(stack: HttpStack) -
 
 def test_a_client_disconnect_mid_stream_is_charged_the_estimate(stack: HttpStack) -> None:
     key = stack.key("--quota", "1000000")
+    charged = hang_up_mid_stream(stack, key, 300, "slowly")
+    info = settled(stack, key, charged, timeout=15)
+    assert (info["used"], info["held"]) == (charged, 0)
+
+
+def hang_up_mid_stream(stack: HttpStack, key: Key, max_tokens: int, text: str) -> int:
+    """A streamed chat completion with usage asked for, whose client hangs up after the
+    first event (before the usage chunk); returns the estimate it must be charged."""
     body = json.dumps(
         {
             "model": "gpt-4o-mini",
-            "max_tokens": 300,
+            "max_tokens": max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "slowly"}],
+            "messages": [{"role": "user", "content": text}],
         }
     ).encode()
     headers = {
         "authorization": f"Bearer {key.key}",
         "content-type": "application/json",
-        "x-demo-pause-ms": "400",
+        "x-demo-pause-ms": "300",
     }
     with (
         httpx.Client(base_url=stack.base_url, trust_env=False) as client,
         client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as r,
     ):
         assert r.status_code == 200
-        next(r.iter_raw())  # the first event, then hang up before the usage chunk
-    charged = estimate("gpt-4o-mini", body, 300)
-    info = settled(stack, key, charged, timeout=15)
-    assert (info["used"], info["held"]) == (charged, 0)
+        next(r.iter_raw())  # the first event, then hang up
+    return estimate("gpt-4o-mini", body, max_tokens)
 
 
 # ----- exactness under concurrency ------------------------------------------------------------
@@ -343,27 +349,7 @@ def _one_request(stack: HttpStack, key: Key, i: int) -> int:
         assert resp.status_code == 502
         return 0
     # A client that hangs up before the usage chunk: the estimate.
-    body = json.dumps(
-        {
-            "model": "gpt-4o-mini",
-            "max_tokens": 40,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": f"hang up {i}"}],
-        }
-    ).encode()
-    headers = {
-        "authorization": f"Bearer {key.key}",
-        "content-type": "application/json",
-        "x-demo-pause-ms": "300",
-    }
-    with (
-        httpx.Client(base_url=stack.base_url, trust_env=False) as client,
-        client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as r,
-    ):
-        assert r.status_code == 200
-        next(r.iter_raw())
-    return estimate("gpt-4o-mini", body, 40)
+    return hang_up_mid_stream(stack, key, 40, f"hang up {i}")
 
 
 def test_concurrent_mixed_requests_charge_exactly_the_sum(stack: HttpStack) -> None:

@@ -8,28 +8,18 @@ import json
 import pytest
 import redis
 
-from keyguard.audit import AUDIT_STREAM
 from keyguard.keys import hash_key, key_type_of
 from keyguard.store import id_key, record_key, usage_key
-from tests.support.checks import create_key, keys_cli
+from tests.support.checks import create_key, keys_cli, store_snapshot
 from tests.support.procs import free_port, run_cli
 
 
 def snapshot(url: str) -> dict[str, object]:
     client = redis.Redis.from_url(url, decode_responses=True)
-    out: dict[str, object] = {}
-    for key in client.scan_iter("*"):
-        if key == AUDIT_STREAM:  # the trail of changes; tests/integration/test_admin_api.py
-            continue
-        kind = client.type(key)
-        if kind == "hash":
-            out[key] = client.hgetall(key)
-        elif kind == "set":
-            out[key] = sorted(client.smembers(key))
-        else:
-            out[key] = client.get(key)
-    client.close()
-    return out
+    try:
+        return store_snapshot(client)
+    finally:
+        client.close()
 
 
 def test_create_prints_key_once_and_stores_only_its_hash(redis_url: str) -> None:

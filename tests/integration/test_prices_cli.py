@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from keyguard.audit import AUDIT_STREAM
 from keyguard.cli import main
 from keyguard.keys import hash_key
 from keyguard.prices import Price
@@ -27,7 +26,7 @@ from keyguard.store import (
     settled_key,
     tpm_key,
 )
-from tests.support.checks import create_key, keys_cli
+from tests.support.checks import create_key, keys_cli, store_snapshot
 from tests.support.procs import run_cli
 from tests.support.topologies import redis_cluster
 
@@ -84,18 +83,7 @@ def cli(redis_url: str, capsys: pytest.CaptureFixture[str]) -> Cli:
 
 
 def snapshot(client: redis.Redis) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key in client.scan_iter("*"):
-        if key == AUDIT_STREAM:  # the trail of changes; tests/integration/test_admin_api.py
-            continue
-        kind = client.type(key)
-        if kind == "hash":
-            out[key] = client.hgetall(key)
-        elif kind == "set":
-            out[key] = sorted(client.smembers(key))
-        else:
-            out[key] = client.get(key)
-    return out
+    return store_snapshot(client)
 
 
 @contextmanager

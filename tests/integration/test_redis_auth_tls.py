@@ -35,26 +35,17 @@ from tests.support.procs import REPO, RedisServer, free_port, run_cli, running_k
 ACL_DOC = REPO / "docs" / "redis-acl.md"
 
 
-def documented_acl() -> list[str]:
-    """The rules of the `user keyguard on >PASSWORD ...` line in docs/redis-acl.md."""
+def documented_acl(user: str = "keyguard") -> list[str]:
+    """The rules of the `user USER on >PASSWORD ...` line in docs/redis-acl.md."""
+    prefix = f"user {user} on >PASSWORD "
     for line in ACL_DOC.read_text().splitlines():
-        if line.startswith("user keyguard on >PASSWORD "):
+        if line.startswith(prefix):
             return line.split()[4:]
-    raise AssertionError(f"no 'user keyguard on >PASSWORD ...' line in {ACL_DOC}")
+    raise AssertionError(f"no '{prefix}...' line in {ACL_DOC}")
 
 
 KEYGUARD_ACL = documented_acl()
-
-
-def documented_sidecar_acl() -> list[str]:
-    """The rules of the `user keyguard-sidecar on >PASSWORD ...` line."""
-    for line in ACL_DOC.read_text().splitlines():
-        if line.startswith("user keyguard-sidecar on >PASSWORD "):
-            return line.split()[4:]
-    raise AssertionError(f"no 'user keyguard-sidecar on >PASSWORD ...' line in {ACL_DOC}")
-
-
-SIDECAR_ACL = documented_sidecar_acl()
+SIDECAR_ACL = documented_acl("keyguard-sidecar")
 # URL-unsafe characters on purpose: the URL carries it percent-encoded.
 ACL_PASSWORD = "kg-Pa$$:w/rd@7f3a"
 ADMIN_PASSWORD = "admin-9b1c2d"

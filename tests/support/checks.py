@@ -77,3 +77,22 @@ def response_headers(resp: CheckResponse) -> dict[str, str]:
     if resp.HasField("denied_response"):
         return {o.header.key: o.header.value for o in resp.denied_response.headers}
     return {o.header.key: o.header.value for o in resp.ok_response.response_headers_to_add}
+
+
+def store_snapshot(client: Any) -> dict[str, object]:
+    """Every key in a Redis and its value (hashes, sets, strings), but the audit trail, so a
+    test can check that a refused change changed nothing."""
+    from keyguard.audit import AUDIT_STREAM
+
+    out: dict[str, object] = {}
+    for key in client.scan_iter("*"):
+        if key == AUDIT_STREAM:  # the trail of changes; tests/integration/test_admin_api.py
+            continue
+        kind = client.type(key)
+        if kind == "hash":
+            out[key] = client.hgetall(key)
+        elif kind == "set":
+            out[key] = sorted(client.smembers(key))
+        else:
+            out[key] = client.get(key)
+    return out
