@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 # `harness` package lives, is not on sys.path by itself.
 sys.path.insert(0, str(REPO))
 
+from harness.admin import AdminServer  # noqa: E402
 from harness.cli import keyguard_cmd, run_cli  # noqa: E402
 from harness.net import free_port, port_is_free, unix_socket_in_use  # noqa: E402
 from harness.paths import DEFAULT_CONFIG  # noqa: E402
@@ -407,6 +408,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keyguard metrics; 0 = any; default: 9090 if free, else any",
     )
     parser.add_argument(
+        "--admin-port",
+        type=int,
+        help="the admin API and dashboard; 0 = any; default: 8080 if free, else any",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="run every curl line's request, exit 1 if a status differs, then stop",
@@ -487,13 +493,65 @@ def demo_price(model: str) -> dict[str, int]:
     return table[model + "*"]
 
 
-def serve(stack: Stack, args: argparse.Namespace, stop: threading.Event) -> int:
+def start_admin(stack: Stack, args: argparse.Namespace, run: RunOptions) -> AdminServer:
+    """The admin API and dashboard on the same Redis, and a first admin token."""
+    admin = AdminServer(stack.redis.url, pick_port(args.admin_port, 8080), run=run)
+    admin.start()
+    return admin
+
+
+def first_admin_token(redis_url: str) -> str:
+    out = keyguard_cli(redis_url, "admin", "tokens", "create", "--role", "admin", "--name",
+                       "devstack", "--json")  # fmt: skip
+    try:
+        return str(json.loads(out)["token"])
+    except (ValueError, KeyError, TypeError):
+        raise StackError("`keyguard admin tokens create --json` printed no token") from None
+
+
+def check_admin(admin: AdminServer, token: str, keys: int) -> bool:
+    """The admin API answers with the demo keys for the printed token."""
+    req = urllib.request.Request(  # noqa: S310 (always http://127.0.0.1:<port>/...)
+        f"{admin.base_url}/v1/keys", headers={"authorization": f"Bearer {token}"}
+    )
+    status, text = _send_body(req)
+    listed = len(json.loads(text)["items"]) if status == 200 and text else 0
+    good = listed == keys
+    print(f"admin API: {'ok' if good else 'FAIL'} ({status}, {listed} keys listed)", flush=True)
+    return good
+
+
+def print_admin(admin: AdminServer, token: str, show: bool) -> None:
+    shown = token if show else mask(token)
+    print(f"admin         {admin.base_url}/   (dashboard and /v1 API; sign in with the token)")
+    print(f"admin token   {shown}   (an admin token; shown once)")
+    print()
+
+
+def serve(stack: Stack, args: argparse.Namespace, stop: threading.Event, run: RunOptions) -> int:
     keys = create_demo_keys(stack.redis.url)
-    # --check output may land in CI logs: never show raw keys there.
+    admin = start_admin(stack, args, run)
+    try:
+        return _serve(stack, admin, keys, args, stop)
+    finally:
+        admin.close()
+
+
+def _serve(
+    stack: Stack,
+    admin: AdminServer,
+    keys: Mapping[str, DemoKey],
+    args: argparse.Namespace,
+    stop: threading.Event,
+) -> int:
+    # --check output may land in CI logs: never show raw keys or tokens there.
     print_intro(stack, keys, show_keys=not args.check, workdir=stack.redis.log_path.parent)
+    token = first_admin_token(stack.redis.url)
+    print_admin(admin, token, show=not args.check)
     metered = demo_metering(stack, keys["KG_DEMO_KEY"])
     if args.check:
-        return 0 if check(stack, keys) and metered else 1
+        admin_ok = check_admin(admin, token, len(keys))
+        return 0 if check(stack, keys) and metered and admin_ok else 1
     print("Ctrl-C stops everything.", flush=True)
     while not stop.wait(0.5):
         if dead := stack.exited():
@@ -526,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                 run=run,
             ) as stack:
                 try:
-                    code = serve(stack, args, stop)
+                    code = serve(stack, args, stop, run)
                 finally:
                     print("stopping ...", flush=True)
         except (StartError, TimeoutError) as err:

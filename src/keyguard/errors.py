@@ -11,7 +11,9 @@
         ├── InvalidChange            bad option or combination of options              exit 2
         ├── UnknownKey (LookupError) no key with that id                               exit 1
         ├── UnknownPrice (LookupError) no price for that model pattern                 exit 1
-        └── UnknownToken (LookupError) no admin token with that id                     exit 1
+        ├── UnknownToken (LookupError) no admin token with that id                     exit 1
+        ├── UnknownPlan (LookupError) no plan with that name                           exit 1
+        └── PlanInUse                a plan that still has keys cannot be deleted      exit 1
 
     BackendError                     inside the store only: what a Redis connection
     ├── ReplyError                   raised (an error reply such as NOSCRIPT) …
@@ -20,8 +22,8 @@
 
 ``cli`` turns a KeyguardError into ``keyguard: error: <message>`` and the exit code
 above; the admin API (``admin/problems.py``) turns them into problem+json with the
-same message: InvalidChange 400, UnknownKey / UnknownPrice / UnknownToken 404, another
-KeyringError 409, StoreError 503.
+same message: InvalidChange 400, UnknownKey / UnknownPrice / UnknownToken / UnknownPlan
+404, another KeyringError (PlanInUse, a collision) 409, StoreError 503.
 """
 
 from __future__ import annotations
@@ -76,6 +78,24 @@ class UnknownToken(KeyringError, LookupError):
     def __init__(self, token_id: str) -> None:
         super().__init__(f"no admin token with id {token_id!r}")
         self.token_id = token_id
+
+
+class UnknownPlan(KeyringError, LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no plan named {name!r}")
+        self.name = name
+
+
+class PlanInUse(KeyringError):
+    """A plan that still has keys cannot be deleted."""
+
+    def __init__(self, name: str, keys: int) -> None:
+        super().__init__(
+            f"plan {name!r} still has {keys} key(s); move them to another plan"
+            " (keys set ID --plan NAME) or revoke them first"
+        )
+        self.name = name
+        self.keys = keys
 
 
 class BackendError(Exception):

@@ -73,3 +73,9 @@ def test_devstack_check_passes(source: Path, tmp_path: Path) -> None:
     assert metering is not None, result.stdout
     cost, before, after = (int(g) for g in metering.groups())
     assert cost > 0 and before - after == cost
+    # `make run` starts the admin API and dashboard too, with a first admin token
+    # (masked in --check output, which may land in CI logs).
+    assert "admin API: ok" in result.stdout, result.stdout
+    assert re.search(r"^admin +http://127\.0\.0\.1:\d+/ ", result.stdout, re.M), result.stdout
+    token_line = next(line for line in result.stdout.splitlines() if line.startswith("admin token"))
+    assert "…" in token_line and len(token_line.split()[2]) < 20

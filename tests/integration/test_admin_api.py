@@ -306,7 +306,7 @@ def test_openapi_document_is_public_and_documents_problems(api: Admin) -> None:
 
 BAD_BODIES: dict[str, tuple[str, str, Any, int, str]] = {
     "unknown field": ("POST", "/v1/keys", {"quota": 1, "colour": "red"}, 400, "'colour'"),
-    "not yet: plan": ("POST", "/v1/keys", {"plan": "gold"}, 400, "'plan' is not supported yet"),
+    "unknown plan": ("POST", "/v1/keys", {"plan": "gold"}, 404, "no plan named 'gold'"),
     "bad alert_below": (
         "PATCH",
         "/v1/keys/{id}",
@@ -712,3 +712,133 @@ def test_usage_route(api: Admin) -> None:
     assert [row["requests"] for row in week["days"]] == [2]
     code, out = keys_cli(api.url, "usage", key_id, "--json")
     assert code == 0 and json.loads(out) == default
+
+
+# --- plans (issue 13, item 5) -----------------------------------------------------------
+
+
+def test_every_plan_route(api: Admin) -> None:
+    created = ok(
+        api.call(
+            "POST",
+            "/v1/plans",
+            {"name": "pro", "quota": 100, "cycle": "30d", "models": ["a", "b"], "rpm": 60},
+        ),
+        201,
+    )
+    assert created["name"] == "pro" and created["quota"] == 100 and created["cycle"] == "30d"
+    assert created["models"] == ["a", "b"] and created["rpm"] == 60 and created["keys"] == 0
+    ok(api.call("POST", "/v1/plans", {"name": "basic", "quota": 5, "cycle": 3600}), 201)
+    ok(
+        api.call("POST", "/v1/plans", {"name": "team", "quota": 9, "cycle": "1d", "payg": True}),
+        201,
+    )
+
+    # A key on a plan: "type" may be left out; its settings come from the plan.
+    key = ok(api.call("POST", "/v1/keys", {"plan": "pro", "name": "alice"}), 201)
+    assert key["key"].startswith("sk-sub-") and key["type"] == "subscription"
+    assert key["plan"] == "pro" and key["remaining"] == 100 and key["models"] == ["a", "b"]
+    assert ok(api.call("GET", f"/v1/keys/{key['id']}"))["plan"] == "pro"
+    assert ok(api.call("GET", "/v1/plans/pro"))["keys"] == 1
+    refused = api.call("PATCH", f"/v1/keys/{key['id']}", {"rpm": 5})
+    assert problem(refused, 400) == (
+        f"key {key['id']} follows plan pro; change the plan or move the key with --plan"
+    )
+    assert ok(api.call("PATCH", f"/v1/keys/{key['id']}", {"owner": "team-a"}))["owner"] == "team-a"
+
+    edited = ok(api.call("PATCH", "/v1/plans/pro", {"models": "*", "rpm": 0, "quota": 200}))
+    assert edited["models"] is None and edited["rpm"] is None and edited["quota"] == 200
+    shown = ok(api.call("GET", f"/v1/keys/{key['id']}"))
+    assert shown["models"] is None and shown["rpm"] is None
+    assert shown["cycle_quota"] == 200 and shown["remaining"] == 100  # from the next cycle
+
+    page = ok(api.call("GET", "/v1/plans", params={"limit": 2}))
+    assert [p["name"] for p in page["items"]] == ["basic", "pro"] and page["next_cursor"] == "pro"
+    rest = ok(api.call("GET", "/v1/plans", params={"cursor": page["next_cursor"]}))
+    assert [p["name"] for p in rest["items"]] == ["team"] and rest["next_cursor"] is None
+
+    # Moving the key, then deleting: refused (409) while a key follows the plan.
+    moved = ok(api.call("PATCH", f"/v1/keys/{key['id']}", {"plan": "team"}))
+    assert moved["plan"] == "team" and moved["payg"] is True
+    in_use = problem(api.call("DELETE", "/v1/plans/team"), 409)
+    assert in_use.startswith("plan 'team' still has 1 key(s)")
+    assert ok(api.call("DELETE", "/v1/plans/pro")) == {"name": "pro", "deleted": True}
+    assert problem(api.call("GET", "/v1/plans/pro"), 404) == "no plan named 'pro'"
+    listed = run_cli("plans", "list", "--json", redis_url=api.url)  # the CLI sees the same
+    assert listed.returncode == 0
+    assert [p["name"] for p in json.loads(listed.stdout)] == ["basic", "team"]
+
+    actions = [(e["action"], e["target"]) for e in audit_entries(api.url)]
+    assert ("plan.create", "pro") in actions and ("plan.edit", "pro") in actions
+    assert ("plan.delete", "pro") in actions
+    edit = next(e for e in audit_entries(api.url) if e["action"] == "plan.edit")
+    assert edit["actor"] == f"token:{api.admin.info['id']}" and edit["fields"]["keys"] == 1
+
+
+PLAN_ROUTES = [
+    ("GET", "/v1/plans", None),
+    ("POST", "/v1/plans", {"name": "new", "quota": 1, "cycle": "1d"}),
+    ("GET", "/v1/plans/pro", None),
+    ("PATCH", "/v1/plans/pro", {"rpm": 1}),
+    ("DELETE", "/v1/plans/pro", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), PLAN_ROUTES)
+def test_plan_routes_need_a_token_and_viewers_only_read(
+    api: Admin, method: str, path: str, body: Any
+) -> None:
+    ok(api.call("POST", "/v1/plans", {"name": "pro", "quota": 1, "cycle": "1d"}), 201)
+    before = snapshot(api.url)
+    assert "token" in problem(api.call(method, path, body, token=None), 401)
+    resp = api.call(method, path, body, token="viewer")
+    if method == "GET":
+        ok(resp)
+    else:
+        assert "viewer" in problem(resp, 403)
+    assert snapshot(api.url) == before
+
+
+BAD_PLAN_BODIES: dict[str, tuple[str, str, Any, int, str]] = {
+    "bad name": ("POST", "/v1/plans", {"name": "Pro", "quota": 1, "cycle": "1d"}, 400, "name:"),
+    "no cycle": ("POST", "/v1/plans", {"name": "new", "quota": 1}, 400, "needs --quota N"),
+    "no name": ("POST", "/v1/plans", {"quota": 1, "cycle": "1d"}, 400, "missing field 'name'"),
+    "exists": ("POST", "/v1/plans", {"name": "pro", "quota": 1, "cycle": "1d"}, 409, "exists"),
+    "quota as text": ("PATCH", "/v1/plans/pro", {"quota": "5"}, 400, "quota:"),
+    "negative rpm": ("PATCH", "/v1/plans/pro", {"rpm": -1}, 400, "rpm: '-1' is negative"),
+    "bad cycle": ("PATCH", "/v1/plans/pro", {"cycle": "soon"}, 400, "cycle:"),
+    "bad models": ("PATCH", "/v1/plans/pro", {"models": ["a b"]}, 400, "bad model name"),
+    "unknown field": ("PATCH", "/v1/plans/pro", {"unlimited": True}, 400, "'unlimited'"),
+    "nothing to change": ("PATCH", "/v1/plans/pro", {}, 400, "nothing to change"),
+    "unknown plan": ("PATCH", "/v1/plans/nope", {"rpm": 1}, 404, "no plan named 'nope'"),
+    "show unknown": ("GET", "/v1/plans/nope", None, 404, "no plan named 'nope'"),
+    "delete in use": ("DELETE", "/v1/plans/pro", None, 409, "still has 1 key(s)"),
+    "key plan with quota": (
+        "POST",
+        "/v1/keys",
+        {"plan": "pro", "quota": 5},
+        400,
+        "--quota comes from plan pro",
+    ),
+    "standard key on plan": (
+        "POST",
+        "/v1/keys",
+        {"plan": "pro", "type": "standard"},
+        400,
+        "a key on a plan is a subscription key",
+    ),
+    "bad key plan": ("POST", "/v1/keys", {"plan": "A B"}, 400, "plan: bad plan name"),
+    "plan key edit": ("PATCH", "/v1/keys/{id}", {"models": "x"}, 400, "follows plan pro"),
+    "move to unknown": ("PATCH", "/v1/keys/{id}", {"plan": "nope"}, 404, "no plan named"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PLAN_BODIES))
+def test_bad_plan_input_is_a_problem_and_changes_nothing(api: Admin, case: str) -> None:
+    ok(api.call("POST", "/v1/plans", {"name": "pro", "quota": 10, "cycle": "1d"}), 201)
+    key_id = ok(api.call("POST", "/v1/keys", {"plan": "pro"}), 201)["id"]
+    before = snapshot(api.url)
+    method, path, body, status, message = BAD_PLAN_BODIES[case]
+    resp = api.call(method, path.replace("{id}", key_id), body)
+    assert message in problem(resp, status)
+    assert snapshot(api.url) == before

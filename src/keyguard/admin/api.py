@@ -1,4 +1,4 @@
-"""The routes of the admin API (``/v1``): every key, price and audit operation the CLI has.
+"""The routes of the admin API (``/v1``): every key, plan, price and audit operation the CLI has.
 
 Each route turns its JSON body into the core's terms (a ``KeyChange`` through the same
 ``keyring.values`` parsers the CLI's arguments go through), calls one method of the
@@ -25,8 +25,9 @@ from keyguard.audit import Audit, check_cursor, parse_since
 from keyguard.errors import InvalidChange, UnknownKey
 from keyguard.keyring import KEY_TYPES, KeyChange, Keyring, matches, values
 from keyguard.keyring.alerts import alerts_with_state
+from keyguard.keyring.plans import PlanChange, Plans
 from keyguard.keyring.prices import PriceEditor, price_info
-from keyguard.record import TYPE_STANDARD
+from keyguard.record import TYPE_STANDARD, TYPE_SUBSCRIPTION
 from keyguard.store import IDS_SET
 from keyguard.store.connect import SyncClient
 
@@ -90,6 +91,11 @@ class KeySettings(_Body):
         None,
         description="labels, KEY: VALUE (at most 16; VALUE up to 256 printable characters);"
         ' merged into the key\'s, and a VALUE of "" removes KEY',
+    )
+    plan: Text | None = Field(
+        None,
+        description="the plan the key follows (its quota, cycle, models, limits, payg);"
+        ' on PATCH moves the key there ("" takes it off its plan, keeping its settings)',
     )
 
 
@@ -159,6 +165,7 @@ class KeyInfo(BaseModel):
     cycle_quota: int | None = None
     cycle_used: int | None = None
     cycle_end: str | None = None
+    plan: str | None = None
 
 
 class CreatedKeyInfo(KeyInfo):
@@ -312,6 +319,7 @@ def to_change(body: KeySettings) -> KeyChange:
         alert_below=None
         if body.alert_below is None
         else _parse("alert_below", values.alert_below, str(body.alert_below)),
+        plan=None if body.plan is None else _parse("plan", values.key_plan, body.plan),
     )
 
 
@@ -357,7 +365,11 @@ async def create_key(request: Request, body: KeyCreate) -> dict[str, Any]:
     """Create a key. The answer holds the key itself: the only time it is shown."""
     change = to_change(body)
     keyring = _keyring(request)
-    created = await _run(lambda: keyring.create(body.type, change))
+    # A key on a plan is a subscription key: "type" may be left out then.
+    key_type = (
+        body.type if "type" in body.model_fields_set or not change.plan else TYPE_SUBSCRIPTION
+    )
+    created = await _run(lambda: keyring.create(key_type, change))
     return {**created.info, "key": created.key}
 
 
@@ -505,6 +517,127 @@ async def remove_price(request: Request, model: str) -> dict[str, Any]:
     editor = _prices(request)
     await _run(lambda: editor.remove(model))
     return {"model": model, "removed": True}
+
+
+# --- plans (keyring.plans): settings that subscription keys follow ----------------------
+
+
+class PlanSettings(_Body):
+    """A plan's settings, by the CLI's option names in snake case."""
+
+    quota: StrictInt | None = Field(None, description="units per cycle")
+    cycle: Text | StrictInt | None = Field(
+        None, description="billing cycle: 30d, 12h, 15m, 90s, or seconds"
+    )
+    models: Text | list[Text] | None = Field(
+        None, description="allowed models: a list or a comma list; '*' = all"
+    )
+    rpm: StrictInt | None = Field(None, description="requests per minute (0 = no limit)")
+    tpm: StrictInt | None = Field(None, description="tokens per minute (0 = no limit)")
+    payg: StrictBool | None = Field(
+        None, description="pay-as-you-go once the cycle quota is used up"
+    )
+
+
+class PlanCreate(PlanSettings):
+    name: Text = Field(description="up to 64 of a-z 0-9 . _ -, starting with a letter or digit")
+
+
+class PlanInfo(BaseModel):
+    name: str
+    quota: int
+    cycle: str
+    models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    payg: bool
+    keys: int = Field(description="how many keys follow the plan")
+    created_at: str | None
+
+
+class PlanPage(BaseModel):
+    items: list[PlanInfo]
+    next_cursor: str | None
+
+
+class PlanDeleted(BaseModel):
+    name: str
+    deleted: bool
+
+
+def _plans(request: Request) -> Plans:
+    return Plans(_client(request), actor=_actor(request))
+
+
+def to_plan_change(body: PlanSettings) -> PlanChange:
+    """A body as the core's plan change, each value through the CLI's own parser."""
+
+    def number(field: str, value: int | None) -> int | None:
+        return None if value is None else _parse(field, values.nonneg_int, str(value))
+
+    return PlanChange(
+        quota=number("quota", body.quota),
+        cycle=None if body.cycle is None else _parse("cycle", values.duration, str(body.cycle)),
+        models=None
+        if body.models is None
+        else _parse("models", values.models, _list_text(body.models)),
+        rpm=number("rpm", body.rpm),
+        tpm=number("tpm", body.tpm),
+        payg=body.payg,
+    )
+
+
+def _plan_page(plans: Plans, cursor: str | None, limit: int) -> dict[str, Any]:
+    names = plans.names()  # sorted
+    index = bisect.bisect_right(names, cursor) if cursor is not None else 0
+    items: list[dict[str, Any]] = []
+    while index < len(names) and len(items) < limit:
+        with contextlib.suppress(LookupError, InvalidChange):  # deleted meanwhile
+            items.append(plans.show(names[index]))
+        index += 1
+    return {"items": items, "next_cursor": names[index - 1] if index < len(names) else None}
+
+
+@router.post("/plans", status_code=201, response_model=PlanInfo, tags=["plans"])
+async def create_plan(request: Request, body: PlanCreate) -> dict[str, Any]:
+    """Create a plan (``quota`` and ``cycle`` are required)."""
+    name = _parse("name", values.plan_name, body.name)
+    change = to_plan_change(body)
+    plans = _plans(request)
+    return await _run(lambda: plans.create(name, change))
+
+
+@router.get("/plans", response_model=PlanPage, tags=["plans"])
+async def list_plans(
+    request: Request, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+) -> dict[str, Any]:
+    """Plans in name order, a page at a time."""
+    plans = _plans(request)
+    return await _run(lambda: _plan_page(plans, cursor, limit))
+
+
+@router.get("/plans/{name}", response_model=PlanInfo, tags=["plans"])
+async def show_plan(request: Request, name: str) -> dict[str, Any]:
+    """A plan's settings and how many keys follow it."""
+    plans = _plans(request)
+    return await _run(lambda: plans.show(name))
+
+
+@router.patch("/plans/{name}", response_model=PlanInfo, tags=["plans"])
+async def edit_plan(request: Request, name: str, body: PlanSettings) -> dict[str, Any]:
+    """Change a plan and every key on it: models, rate limits and payg at once, a new
+    quota or cycle length from each key's next cycle."""
+    change = to_plan_change(body)
+    plans = _plans(request)
+    return await _run(lambda: plans.edit(name, change))
+
+
+@router.delete("/plans/{name}", response_model=PlanDeleted, tags=["plans"])
+async def delete_plan(request: Request, name: str) -> dict[str, Any]:
+    """Delete a plan; refused (409) while keys still follow it."""
+    plans = _plans(request)
+    await _run(lambda: plans.delete(name))
+    return {"name": name, "deleted": True}
 
 
 @router.get("/audit", response_model=AuditPage, tags=["audit"])

@@ -26,9 +26,9 @@ from keyguard.errors import InvalidChange, KeyguardError, KeyringError, Settings
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("keyguard.admin")
 
-# Body fields of features that are designed but not built yet (rotation, plans,
-# alerts): refused by name rather than ignored.
-NOT_SUPPORTED_YET = frozenset({"plan", "rotate"})
+# Body fields of features that are designed but not built yet: refused by name rather
+# than ignored.
+NOT_SUPPORTED_YET = frozenset({"rotate"})
 
 
 class Problem(BaseModel):

@@ -1,4 +1,5 @@
-"""The `keyguard` command: `serve`, `health`, `keys …`, `prices …`, `admin …` and `audit`.
+"""The `keyguard` command: `serve`, `health`, `keys …`, `plans …`, `prices …`, `admin …` and
+`audit`.
 
 A thin layer: ``argtypes`` validates every argument before anything is touched,
 ``keys`` and ``prices`` call the management core (``keyguard.keyring``), ``render``
@@ -20,6 +21,7 @@ from keyguard import __version__
 from keyguard.cli.admin import add_admin_parsers
 from keyguard.cli.alerts import add_alerts_parser
 from keyguard.cli.keys import add_keys_parser
+from keyguard.cli.plans import add_plans_parser
 from keyguard.cli.prices import add_prices_parser
 from keyguard.cli.serve import add_serve_parsers
 from keyguard.errors import EXIT_RUNTIME, EXIT_USAGE, KeyguardError
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parsers(sub)
     add_keys_parser(sub, _Parser)
     add_prices_parser(sub, _Parser)
+    add_plans_parser(sub, _Parser)
     add_admin_parsers(sub, _Parser)
     add_alerts_parser(sub, _Parser)
     return parser

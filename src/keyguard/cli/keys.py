@@ -9,9 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from keyguard.cli import argtypes
+from keyguard.cli.plans import key_plan_arg
 from keyguard.cli.render import print_created, print_key_table, print_record, print_usage
 from keyguard.keyring import KEY_TYPES, KeyChange, Keyring
-from keyguard.record import TYPE_STANDARD
+from keyguard.record import TYPE_STANDARD, TYPE_SUBSCRIPTION
 from keyguard.settings import load
 from keyguard.store.connect import sync_client
 
@@ -39,12 +40,15 @@ def _change(args: argparse.Namespace) -> KeyChange:
         owner=args.owner,
         meta=tuple(args.meta) if args.meta else None,
         alert_below=args.alert_below,
+        plan=args.plan,
     )
 
 
 def cmd_create(args: argparse.Namespace) -> int:
     change = _change(args)
-    created = _keyring(args).create(args.type, change)
+    # A key on a plan is a subscription key: --type may be left out then.
+    key_type = args.type or (TYPE_SUBSCRIPTION if args.plan else TYPE_STANDARD)
+    created = _keyring(args).create(key_type, change)
     print_created(created.key, created.info, args.json)
     return 0
 
@@ -125,7 +129,15 @@ def cmd_set(args: argparse.Namespace) -> int:
 def _key_options(parser: argparse.ArgumentParser, creating: bool) -> None:
     parser.add_argument("--name", help="a label for people")
     if creating:
-        parser.add_argument("--type", choices=KEY_TYPES, default=TYPE_STANDARD)
+        parser.add_argument(
+            "--type", choices=KEY_TYPES, help="standard (default) or subscription (with --plan)"
+        )
+    parser.add_argument(
+        "--plan",
+        type=key_plan_arg,
+        help="the plan the key follows (its quota, cycle, models, limits, payg)"
+        + ("" if creating else "; moves the key ('' = off its plan, keeping its settings)"),
+    )
     quota = parser.add_mutually_exclusive_group()
     quota.add_argument(
         "--quota",

@@ -17,10 +17,10 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyguard.audit import Audit, local_actor
-from keyguard.errors import InvalidChange, KeyringError
+from keyguard.errors import InvalidChange, KeyringError, UnknownPlan
 from keyguard.keyring import values
 from keyguard.keyring.redis import RedisKeys
 from keyguard.keyring.usage import MAX_DAYS, usage_history
@@ -36,6 +36,9 @@ from keyguard.record import (
     record_from_hash,
 )
 from keyguard.store.connect import SyncClient
+
+if TYPE_CHECKING:
+    from keyguard.keyring.plans import Plans
 
 KEY_TYPES = (TYPE_STANDARD, TYPE_SUBSCRIPTION)
 
@@ -59,6 +62,8 @@ class KeyChange:
     # KEY, VALUE pairs merged into the key's meta in order; an empty VALUE removes KEY.
     meta: tuple[tuple[str, str], ...] | None = None
     alert_below: str | None = None  # credits, or "N%" of the quota; "" = no alert
+    # The plan the key follows (keyring.plans); on an edit, moves it there ("" = leaves it).
+    plan: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -193,9 +198,25 @@ def check_create(key_type: str, change: KeyChange) -> None:
     if key_type not in KEY_TYPES:
         raise InvalidChange(f"unknown key type {key_type!r}: use standard or subscription")
     _check_combination(change)
-    if key_type == TYPE_SUBSCRIPTION and (change.quota is None or change.cycle is None):
+    if change.plan:
+        _check_plan_create(key_type, change)
+    elif key_type == TYPE_SUBSCRIPTION and (change.quota is None or change.cycle is None):
         raise InvalidChange("a subscription key needs --quota N (per cycle) and --cycle (e.g. 30d)")
     _fields(change, key_type, creating=True)
+
+
+def _check_plan_create(key_type: str, change: KeyChange) -> None:
+    """A key on a plan is a subscription key whose quota, cycle, models, limits and
+    pay-as-you-go all come from its plan."""
+    from keyguard.keyring.plans import plan_owned_given
+
+    if key_type != TYPE_SUBSCRIPTION:
+        raise InvalidChange("a key on a plan is a subscription key; leave out --type standard")
+    given = plan_owned_given(change)
+    if given:
+        raise InvalidChange(
+            f"{given[0]} comes from plan {change.plan}; leave it out, or change the plan"
+        )
 
 
 def check_edit(change: KeyChange) -> None:
@@ -235,9 +256,17 @@ class Keyring:
 
     def _describe(self, key_hash: str, raw: dict[str, str]) -> dict[str, Any]:
         try:
-            return describe(record_from_hash(key_hash, raw))
+            info = describe(record_from_hash(key_hash, raw))
         except ValueError as exc:
             raise KeyringError(f"key {raw.get('id', '?')!r} has an unreadable record") from exc
+        if raw.get("plan"):  # the decision path never reads it: not in KeyRecord
+            info["plan"] = raw["plan"]
+        return info
+
+    def _plans(self) -> Plans:
+        from keyguard.keyring.plans import Plans
+
+        return Plans(self.keys.client, self.actor)
 
     def create(self, key_type: str, change: KeyChange) -> CreatedKey:
         check_create(key_type, change)
@@ -247,10 +276,16 @@ class Keyring:
             **new_record_fields(generate_key_id(), key_type, now),
             **_fields(change, key_type, creating=True),
         }
+        if change.plan:  # the plan's settings, copied (keyring.plans)
+            fields.update(self._plans().record_fields(change.plan))
+            fields["remaining"] = fields["cycle_quota"]  # its first cycle's quota
         if key_type == TYPE_SUBSCRIPTION:
             fields["cycle_end"] = str(now + int(fields["cycle_seconds"]))
         key_hash = hash_key(key)
         self.keys.create(key_hash, fields)
+        if change.plan and not self._plans().attach(change.plan, fields["id"], fields):
+            self.keys.revoke(fields["id"])  # the plan was deleted meanwhile
+            raise UnknownPlan(change.plan)
         info = self._describe(key_hash, fields)
         self._record("key.create", info["id"], {"type": key_type, **change_fields(change)})
         return CreatedKey(key, info)
@@ -293,12 +328,53 @@ class Keyring:
             meta = parse_meta(raw.get("meta", "")) if change.meta is not None else None
         except ValueError:
             raise KeyringError(f"key {key_id!r} has an unreadable meta field") from None
+        plan_fields = self._plan_fields(key_id, raw, change)
         fields = _fields(change, raw.get("type", TYPE_STANDARD), creating=False, meta=meta)
+        fields.update(plan_fields)
         if not fields:
             raise InvalidChange("nothing to change: give at least one option")
-        info = self._describe(key_hash, self.keys.update(key_id, fields))
+        after = self.keys.update(key_id, fields)
+        if change.plan is not None:
+            after = self._move(key_id, raw.get("plan", ""), change.plan, fields)
+        info = self._describe(key_hash, after)
         self._record("key.edit", key_id, change_fields(change))
         return info
+
+    def _plan_fields(self, key_id: str, raw: dict[str, str], change: KeyChange) -> dict[str, str]:
+        """Checks an edit against the key's plan; the record fields of a move to
+        ``change.plan`` (its plan's settings; "" takes the key off its plan)."""
+        from keyguard.keyring.plans import plan_owned_given
+
+        given = plan_owned_given(change)
+        current = raw.get("plan", "")
+        if change.plan is None:
+            if current and given:
+                raise InvalidChange(
+                    f"key {key_id} follows plan {current}; change the plan"
+                    " or move the key with --plan"
+                )
+            return {}
+        if change.plan == "":
+            return {"plan": ""}  # the key keeps its settings, now its own
+        if given:
+            raise InvalidChange(
+                f"{given[0]} comes from plan {change.plan}; leave it out, or change the plan"
+            )
+        if raw.get("type", TYPE_STANDARD) != TYPE_SUBSCRIPTION:
+            raise InvalidChange(
+                f"key {key_id} is a standard key; only subscription keys (sk-sub-) follow a plan"
+            )
+        return self._plans().record_fields(change.plan)
+
+    def _move(self, key_id: str, old: str, new: str, written: dict[str, str]) -> dict[str, str]:
+        """Update both plans' key sets after a key's record was moved to ``new``."""
+        plans = self._plans()
+        if new and not plans.attach(new, key_id, written):
+            self.keys.update(key_id, {"plan": ""})  # the plan was deleted meanwhile
+            raise UnknownPlan(new)
+        if old and old != new:
+            plans.detach(old, key_id)
+        return self.keys.get(key_id)[1]
 
     def set_status(self, key_id: str, enabled: bool) -> dict[str, Any]:
         status = STATUS_ACTIVE if enabled else STATUS_DISABLED
@@ -318,7 +394,10 @@ class Keyring:
         return info
 
     def revoke(self, key_id: str) -> None:
+        plan = self.keys.get(key_id)[1].get("plan", "")
         self.keys.revoke(key_id)
+        if plan:
+            self._plans().detach(plan, key_id)
         self._record("key.revoke", key_id, {})
 
 

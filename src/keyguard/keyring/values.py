@@ -200,3 +200,22 @@ def alert_below(text: str) -> str:
     if value.isascii() and value.isdigit() and len(value) <= 18:
         return str(int(value))
     raise InvalidChange(f"bad threshold {text!r}: use whole credits (50000) or a percentage (10%)")
+
+
+# Plans (``keyguard plans …``): a name is part of Redis key names, so a short safe one.
+_PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def plan_name(text: str) -> str:
+    """A plan's name: up to 64 of a-z 0-9 . _ -, starting with a letter or digit."""
+    if not _PLAN_NAME.match(text):
+        raise InvalidChange(
+            f"bad plan name {text[:80]!r}: use up to 64 of a-z 0-9 . _ -,"
+            " starting with a letter or digit, such as pro or team-2025"
+        )
+    return text
+
+
+def key_plan(text: str) -> str:
+    """The plan a key follows (``keys create/set --plan``); '' on ``set``: leave its plan."""
+    return "" if text == "" else plan_name(text)
