@@ -439,3 +439,23 @@ def test_every_plan_change_is_on_the_audit_trail(redis_url: str) -> None:
         ("plan.delete", "pro", {}),
     ]
     assert all(e["actor"].startswith("cli:") for e in audit_entries(redis_url))
+
+
+def test_a_plan_threshold_reaches_its_keys(redis_url: str) -> None:
+    from tests.support.procs import run_cli
+
+    made = run_cli("plans", "create", "gold-alerts", "--quota", "1000", "--cycle", "30d",
+                   "--alert-below", "10%", redis_url=redis_url)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    key = json.loads(
+        run_cli("keys", "create", "--plan", "gold-alerts", "--json", redis_url=redis_url).stdout
+    )
+    assert key["alert_below"] == "10%"
+    changed = run_cli("plans", "set", "gold-alerts", "--alert-below", "250", redis_url=redis_url)
+    assert changed.returncode == 0, changed.stderr
+    shown = json.loads(run_cli("keys", "show", key["id"], "--json", redis_url=redis_url).stdout)
+    assert shown["alert_below"] == "250"
+    plan = json.loads(run_cli("plans", "show", "gold-alerts", "--json", redis_url=redis_url).stdout)
+    assert plan["alert_below"] == "250"
+    bad = run_cli("plans", "set", "gold-alerts", "--alert-below", "150%", redis_url=redis_url)
+    assert bad.returncode == 2 and "threshold" in bad.stderr

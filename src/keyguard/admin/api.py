@@ -534,6 +534,9 @@ class PlanSettings(_Body):
     )
     rpm: StrictInt | None = Field(None, description="requests per minute (0 = no limit)")
     tpm: StrictInt | None = Field(None, description="tokens per minute (0 = no limit)")
+    alert_below: Text | StrictInt | None = Field(
+        None, description="low-balance alert for the plan's keys: credits or '10%'; 0 = none"
+    )
     payg: StrictBool | None = Field(
         None, description="pay-as-you-go once the cycle quota is used up"
     )
@@ -551,6 +554,7 @@ class PlanInfo(BaseModel):
     rpm: int | None
     tpm: int | None
     payg: bool
+    alert_below: str | None = None
     keys: int = Field(description="how many keys follow the plan")
     created_at: str | None
 
@@ -583,6 +587,9 @@ def to_plan_change(body: PlanSettings) -> PlanChange:
         else _parse("models", values.models, _list_text(body.models)),
         rpm=number("rpm", body.rpm),
         tpm=number("tpm", body.tpm),
+        alert_below=None
+        if body.alert_below is None
+        else _parse("alert_below", values.alert_below, str(body.alert_below)),
         payg=body.payg,
     )
 

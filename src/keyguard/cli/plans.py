@@ -50,6 +50,7 @@ def _change(args: argparse.Namespace) -> PlanChange:
         rpm=args.rpm,
         tpm=args.tpm,
         payg=args.payg,
+        alert_below=args.alert_below,
     )
 
 
@@ -112,6 +113,11 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
         "--rpm", type=argtypes.nonneg_int, help="requests per minute (0 = no limit)"
     )
     parser.add_argument("--tpm", type=argtypes.nonneg_int, help="tokens per minute (0 = no limit)")
+    parser.add_argument(
+        "--alert-below",
+        type=argtypes.alert_below,
+        help="low-balance alert for the plan's keys: credits or N%% of the quota; 0 = none",
+    )
     parser.add_argument(
         "--payg",
         action=argparse.BooleanOptionalAction,

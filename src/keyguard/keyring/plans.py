@@ -42,6 +42,7 @@ RECORD_FIELDS = {
     "rpm": "rpm",
     "tpm": "tpm",
     "payg": "payg",
+    "alert_below": "alert_below",
 }
 # The KeyChange options a plan owns, as the CLI names them: a key on a plan takes
 # these from its plan only.
@@ -56,7 +57,15 @@ PLAN_OWNED_OPTIONS = {
 }
 
 # A plan's fields when a creation does not give them.
-_DEFAULTS = {"quota": "0", "cycle_seconds": "0", "models": "", "rpm": "0", "tpm": "0", "payg": "0"}
+_DEFAULTS = {
+    "quota": "0",
+    "cycle_seconds": "0",
+    "models": "",
+    "rpm": "0",
+    "tpm": "0",
+    "payg": "0",
+    "alert_below": "",
+}
 
 # KEYS[1] = plan hash; ARGV = field, value, ... Creates the plan unless it exists.
 _CREATE = """
@@ -109,6 +118,9 @@ class PlanChange:
     rpm: int | None = None  # 0 = no limit
     tpm: int | None = None  # 0 = no limit
     payg: bool | None = None
+    # The low-balance threshold of the plan's keys: credits or "N%"; "" = none. A key's
+    # own --alert-below overrides it until the plan's threshold changes again.
+    alert_below: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -132,6 +144,8 @@ def plan_fields(change: PlanChange) -> dict[str, str]:
         fields["tpm"] = str(values.nonneg_int(str(change.tpm)))
     if change.payg is not None:
         fields["payg"] = "1" if change.payg else "0"
+    if change.alert_below is not None:
+        fields["alert_below"] = change.alert_below
     return fields
 
 
@@ -150,6 +164,8 @@ def plan_change_fields(change: PlanChange) -> dict[str, Any]:
         out["tpm"] = change.tpm
     if change.payg is not None:
         out["payg"] = change.payg
+    if change.alert_below is not None:
+        out["alert_below"] = change.alert_below or None
     return out
 
 
@@ -170,6 +186,7 @@ def plan_info(name: str, raw: dict[str, str], keys: int) -> dict[str, Any]:
         "rpm": int(raw.get("rpm") or 0) or None,
         "tpm": int(raw.get("tpm") or 0) or None,
         "payg": raw.get("payg") == "1",
+        "alert_below": raw.get("alert_below") or None,
         "keys": keys,
         "created_at": (
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(created))) if created else None
@@ -253,7 +270,10 @@ class Plans:
         args: list[Any] = [item for pair in fields.items() for item in pair]
         if not self._hset_existing(keys=[plan_key(name)], args=args):
             raise UnknownPlan(name)
-        reached = self._fan_out(name, {RECORD_FIELDS[f]: v for f, v in fields.items()})
+        record = {RECORD_FIELDS[f]: v for f, v in fields.items()}
+        if "alert_below" in record:
+            record["alert_armed"] = "1"  # a new threshold starts armed
+        reached = self._fan_out(name, record)
         self.audit.record(
             self.actor, "plan.edit", name, {**plan_change_fields(change), "keys": reached}
         )
