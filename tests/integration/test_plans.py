@@ -117,6 +117,7 @@ def test_create_list_show_set_delete(redis_url: str) -> None:
         "rpm": None,
         "tpm": None,
         "payg": False,
+        "alert_below": None,
         "keys": 0,
         "created_at": created["created_at"],
     }
