@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 from google.protobuf import struct_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from keyguard._proto.envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
@@ -20,11 +22,11 @@ from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRespons
 from keyguard.authz.cache import KeyCache
 from keyguard.authz.service import AuthorizationService
 from keyguard.keys import generate_key, generate_key_id, hash_key
-from keyguard.meter.estimate import request_options
+from keyguard.meter.estimate import RequestOptions, estimate_usage, hold_for, request_options
 from keyguard.meter.pricebook import PriceBook, parse_table
 from keyguard.meter.service import SettlementService, Settler
 from keyguard.meter.settle import Outcome, assess
-from keyguard.prices import Price
+from keyguard.prices import Price, cost
 from keyguard.reasons import Reason
 from keyguard.record import TYPE_STANDARD, new_record_fields
 from keyguard.runtime.metrics import Metrics
@@ -345,3 +347,29 @@ def test_a_failed_write_is_kept_and_retried() -> None:
         assert m.settler.queued == 0
 
     run(go)
+
+
+_AMOUNT = st.integers(min_value=0, max_value=10**12)
+
+
+@given(
+    body_size=st.integers(min_value=-1, max_value=10**9),
+    limit=st.one_of(st.none(), st.integers(min_value=1, max_value=10**7)),
+    price=st.builds(
+        Price,
+        input=_AMOUNT,
+        output=_AMOUNT,
+        cached_input=_AMOUNT,
+        cache_write=_AMOUNT,
+        per_request=_AMOUNT,
+        max_output=st.one_of(st.none(), st.integers(min_value=1, max_value=10**6)),
+    ),
+    default=st.integers(min_value=1, max_value=10**6),
+)
+def test_the_hold_is_the_documented_cost_of_the_estimated_usage(
+    body_size: int, limit: int | None, price: Price, default: int
+) -> None:
+    """hold_for is computed inline on the hot path; it must equal cost(estimate_usage)."""
+    options = RequestOptions(max_output=limit)
+    expected = cost(estimate_usage(body_size, options, price, default), price)
+    assert hold_for(body_size, options, price, default) == expected

@@ -10,6 +10,7 @@ import pytest
 
 from keyguard._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+from keyguard.authz.decision import Ticket
 from keyguard.authz.render import (
     allow,
     allow_unknown_degraded,
@@ -18,6 +19,7 @@ from keyguard.authz.render import (
     rate_limit_headers,
     rate_limit_suffix,
     rate_limited,
+    ticket_suffix,
 )
 from keyguard.keys import generate_key
 from keyguard.policy import SpendResult
@@ -427,6 +429,34 @@ def test_rate_limit_suffix_merges_into_a_serialized_allow() -> None:
     }
     assert [o.append_action for o in merged.ok_response.response_headers_to_add] == [2, 2, 2]
     assert rate_limit_suffix(SpendResult("ok")) == b""
+
+
+@pytest.mark.parametrize(
+    ("hold_id", "held", "model"),
+    [
+        ("a1b2c3d4e5f61", 0, "gpt-4o-mini"),
+        ("ffffffffffff" + "f" * 16, 10**18, "m" * 200),  # longest id and amount; long model
+    ],
+)
+def test_ticket_suffix_merges_into_a_serialized_allow(hold_id: str, held: int, model: str) -> None:
+    """The hand-encoded ticket equals the same entries set through protobuf, next to the
+    allow's own metadata (lengths near and past one varint byte included)."""
+    record = make_record(unlimited=False, remaining=5)
+    ticket = Ticket(hold_id, "ab" * 32, held, held + 7, model, anthropic=True)
+    base = allow(record, billing="quota", strip_credentials=True)
+    merged = CheckResponse.FromString(base.SerializeToString() + ticket_suffix(ticket))
+    built = allow(record, billing="quota", strip_credentials=True)
+    built.dynamic_metadata.update(
+        {
+            "hold": hold_id,
+            "held": str(held),
+            "estimate": str(held + 7),
+            "kh": "ab" * 32,
+            "model": model,
+            "dialect": "anthropic",
+        }
+    )
+    assert merged == built
 
 
 # ----- key metadata headers (issue 13, item 4) -------------------------------------------

@@ -126,8 +126,15 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+# The tag byte of a length-delimited field, for the field numbers used here (all < 16).
+_TAG = [bytes(((number << 3) | 2,)) for number in range(16)]
+
+
 def _field(number: int, payload: bytes) -> bytes:
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+    size = len(payload)
+    if size < 0x80:  # nearly always: one length byte
+        return _TAG[number] + _ONE_BYTE[size] + payload
+    return _TAG[number] + _varint(size) + payload
 
 
 @functools.cache
@@ -188,6 +195,14 @@ def _struct_string(key: str, value: str) -> bytes:
     return _field(1, _key_field(key) + _field(2, _field(3, value.encode())))
 
 
+def _struct_short(key: bytes, value: str) -> bytes:
+    """``_struct_string`` for an ASCII value under 100 bytes and a key field already
+    encoded (the ticket's per-request entries): two length bytes are known at once."""
+    size = len(value)
+    entry = key + b"\x12" + _ONE_BYTE[size + 2] + b"\x1a" + _ONE_BYTE[size] + value.encode()
+    return b"\x0a" + _ONE_BYTE[len(entry)] + entry
+
+
 @functools.lru_cache(maxsize=4096)
 def _ticket_fixed(key_hash: str, model: str, anthropic: bool) -> bytes:
     # What a key's tickets for one model share: encoded once, not on every Check.
@@ -202,12 +217,17 @@ def ticket_suffix(ticket: Ticket) -> bytes:
     """Serialized ``dynamic_metadata`` (4) carrying the settlement ticket; protobuf merges
     its map entries into the memoized allow's metadata (key_id, key_type, billing)."""
     entries = (
-        _struct_string("hold", ticket.hold_id)
-        + _struct_string("held", str(ticket.held))
-        + _struct_string("estimate", str(ticket.estimate))
+        _struct_short(_HOLD_KEY, ticket.hold_id)
+        + _struct_short(_HELD_KEY, str(ticket.held))
+        + _struct_short(_ESTIMATE_KEY, str(ticket.estimate))
         + _ticket_fixed(ticket.key_hash, ticket.model, ticket.anthropic)
     )
     return _field(4, entries)
+
+
+# Hold ids are 12 hex digits and a hex counter, amounts at most 19 digits: each entry
+# stays far below 128 bytes, so _struct_short applies (tests/unit pin the encoding).
+_HOLD_KEY, _HELD_KEY, _ESTIMATE_KEY = (_key_field(k) for k in ("hold", "held", "estimate"))
 
 
 @functools.lru_cache(maxsize=256)
