@@ -252,6 +252,57 @@ def test_settlement_charges_the_usage_and_releases_the_hold() -> None:
     run(go)
 
 
+def test_a_batch_is_counted_in_the_metrics_by_model_kind_and_outcome() -> None:
+    """Settlement adds a batch to the metrics once per label: the sums must still be
+    exact per model, kind of token and outcome, and every released hold closes."""
+
+    def sample(name: str, **labels: str) -> float:
+        value = m.metrics.registry.get_sample_value(name, labels)
+        return value if value is not None else 0.0
+
+    async def go() -> None:
+        a, b = m.key(remaining="100000"), m.key(remaining="100000")
+        message = StreamAccessLogsMessage()
+        for key, model, usage, code in (
+            (a, "gpt-4o", {"prompt_tokens": 30.0, "completion_tokens": 10.0,
+                           "cached_tokens": 10.0}, 200),
+            (a, "gpt-4o-mini", {"prompt_tokens": 5.0, "completion_tokens": 1.0}, 200),
+            (b, "gpt-4o", {"prompt_tokens": 7.0, "completion_tokens": 3.0}, 200),
+            (b, "claude-3-5-haiku", {"input_tokens": 4.0, "output_tokens": 2.0,
+                                     "cache_read_input_tokens": 6.0}, 200),
+            (b, "gpt-4o", {"prompt_tokens": 7.0, "completion_tokens": 3.0}, 500),
+        ):  # fmt: skip
+            path = "/v1/messages" if model.startswith("claude") else "/v1/chat/completions"
+            response = await m.check(key, {"model": model, "max_tokens": 50}, path)
+            message.http_logs.log_entry.append(log_entry(ticket_of(response), usage, code))
+        m.metrics.apply()  # the holds counted at Check
+        assert sample("keyguard_holds_open") == 5
+        assert m.settlement.take(message) == 5
+        await m.settler.flush()
+        tokens = "keyguard_tokens_total"
+        # Both gpt-4o models are priced by the gpt-4o* pattern: one label.
+        assert sample(tokens, model="gpt-4o*", kind="input") == 20 + 5 + 7
+        assert sample(tokens, model="gpt-4o*", kind="cached_input") == 10
+        assert sample(tokens, model="gpt-4o*", kind="output") == 10 + 1 + 3
+        assert sample(tokens, model="claude*", kind="cached_input") == 6
+        assert sample(tokens, model="claude*", kind="output") == 2
+        # 45 + (5 + 2) + (7 + 6) for gpt-4o*; 4 + 3 + 4 for claude*; the 500 charges nothing.
+        assert sample("keyguard_credits_charged_total", model="gpt-4o*") == 65
+        assert sample("keyguard_credits_charged_total", model="claude*") == 11
+        assert sample("keyguard_settlements_total", outcome="usage") == 4
+        assert sample("keyguard_settlements_total", outcome="upstream_error") == 1
+        assert sample("keyguard_holds_open") == 0
+        # The same batch again: duplicates only, nothing else moves.
+        m.settlement.take(message)
+        await m.settler.flush()
+        assert sample("keyguard_settlements_total", outcome="duplicate") == 5
+        assert sample("keyguard_credits_charged_total", model="gpt-4o*") == 65
+        assert sample("keyguard_holds_open") == 0
+
+    m = Meter()
+    run(go)
+
+
 @pytest.mark.parametrize(
     ("usage", "code", "charged", "outcome"),
     [

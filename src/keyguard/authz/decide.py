@@ -213,7 +213,7 @@ class Decider:
             return Decision(reason, record, spend=spend)
         billing = Billing.PAYG if spend.outcome == "payg" else _billing(record)
         if ticket is not None and ticket.held > 0:
-            self.metrics.holds_open.inc()
+            self.metrics.count(self.metrics.holds_open)
         return Decision(Reason.OK, record, billing, spend, ticket=ticket)
 
     # ----- outage: KEYGUARD_ON_STORE_ERROR --------------------------------------------------

@@ -13,6 +13,7 @@ nothing twice.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from keyguard.errors import StoreError
 from keyguard.meter.pricebook import PriceBook
 from keyguard.meter.settle import (
     EXT_AUTHZ_NAMESPACE,
+    TOKEN_FIELDS,
     USAGE_NAMESPACE,
     Assessed,
     Outcome,
@@ -44,6 +46,47 @@ log = structlog.get_logger("keyguard.settlement")
 # oldest are dropped, logged and counted, instead of growing without end. Their holds
 # then expire, charging nothing.
 MAX_QUEUED = 200_000
+
+
+class _Tally:
+    """A batch's settlements, counted first and added to the metrics once per label:
+    per-request label lookups would cost more than the rest of settling a request."""
+
+    def __init__(self) -> None:
+        self.released = 0
+        self.outcomes: Counter[str] = Counter()
+        self.tokens: Counter[tuple[str, str]] = Counter()
+        self.credits: Counter[str] = Counter()
+
+    def add(self, item: Assessed, word: str) -> None:
+        if item.settlement.held > 0 and word in ("settled", "unheld"):
+            self.released += 1
+        if word == "duplicate":
+            self.outcomes[Outcome.DUPLICATE.value] += 1
+            return
+        self.outcomes[item.outcome.value] += 1
+        usage, label = item.usage, item.model_label
+        if usage is not None:
+            if usage.input:
+                self.tokens[label, "input"] += usage.input
+            if usage.cached_input:
+                self.tokens[label, "cached_input"] += usage.cached_input
+            if usage.cache_write:
+                self.tokens[label, "cache_write"] += usage.cache_write
+            if usage.output:
+                self.tokens[label, "output"] += usage.output
+        if item.settlement.charge:
+            self.credits[label] += item.settlement.charge
+
+    def record(self, m: Metrics) -> None:
+        if self.released:
+            m.holds_open.dec(self.released)
+        for outcome, count in self.outcomes.items():
+            m.settlements.labels(outcome).inc(count)
+        for (label, kind), count in self.tokens.items():
+            m.tokens.labels(label, kind).inc(count)
+        for label, count in self.credits.items():
+            m.credits.labels(label).inc(count)
 
 
 class Settler(BackgroundTask):
@@ -113,6 +156,7 @@ class Settler(BackgroundTask):
             return_exceptions=True,
         )
         failed: BaseException | None = None
+        tally = _Tally()
         for key, result in zip(keys, results, strict=True):
             if isinstance(result, BaseException):
                 failed = result
@@ -121,10 +165,11 @@ class Settler(BackgroundTask):
                 continue
             items = batch[key]
             for item, word in zip(items, result, strict=False):
-                self._record(item, word)
+                tally.add(item, word)
             for event in result[len(items) :]:  # low-balance crossings, once each
                 if self.alerts is not None:
                     await self.alerts.handle(event)
+        tally.record(self.metrics)
         if failed is not None:
             raise failed
 
@@ -132,27 +177,6 @@ class Settler(BackgroundTask):
         self._queue.setdefault(item.key_hash, []).append(item)
         self._queued += 1
         self._wake.set()
-
-    def _record(self, item: Assessed, word: str) -> None:
-        m = self.metrics
-        if item.settlement.held > 0 and word in ("settled", "unheld"):
-            m.holds_open.dec()
-        if word == "duplicate":
-            m.settlements.labels(Outcome.DUPLICATE.value).inc()
-            return
-        m.settlements.labels(item.outcome.value).inc()
-        usage = item.usage
-        if usage is not None:
-            for kind, count in (
-                ("input", usage.input),
-                ("cached_input", usage.cached_input),
-                ("cache_write", usage.cache_write),
-                ("output", usage.output),
-            ):
-                if count:
-                    m.tokens.labels(item.model_label, kind).inc(count)
-        if item.settlement.charge:
-            m.credits.labels(item.model_label).inc(item.settlement.charge)
 
     async def stop(self) -> None:
         await super().stop()
@@ -162,19 +186,52 @@ class Settler(BackgroundTask):
             log.error("settle_on_stop_failed", error=type(exc).__name__, pending=self._queued)
 
 
-def _struct(entry: HTTPAccessLogEntry, namespace: str) -> dict[str, Any]:
-    """A metadata namespace's flat string and number values (nested values are skipped)."""
-    metadata = entry.common_properties.metadata.filter_metadata
-    if namespace not in metadata:
-        return {}
+# What settlement reads of an entry's metadata: the ticket keyguard set at Check and
+# the usage Envoy extracted. Each is looked up by name: iterating a protobuf map or
+# converting whole Structs costs several times as much per entry.
+_TICKET_FIELDS = ("hold", "held", "estimate", "kh", "model", "dialect")
+_USAGE_FIELDS = (*sorted(TOKEN_FIELDS), "type")
+
+
+def _ticket(fields: Any) -> dict[str, Any]:
+    """The ticket's values; each is a string (a value of another kind reads as "")."""
     out: dict[str, Any] = {}
-    for name, value in metadata[namespace].fields.items():
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
+    for name in _TICKET_FIELDS:
+        value = fields.get(name)
+        if value is not None:
             out[name] = value.string_value
-        elif kind == "number_value":
-            out[name] = value.number_value
     return out
+
+
+def _usage(fields: Any) -> dict[str, Any]:
+    """The usage's string and number values (nested values are skipped)."""
+    out: dict[str, Any] = {}
+    for name in _USAGE_FIELDS:
+        value = fields.get(name)
+        if value is not None:
+            kind = value.WhichOneof("kind")
+            if kind == "number_value":
+                out[name] = value.number_value
+            elif kind == "string_value":
+                out[name] = value.string_value
+    return out
+
+
+def read_entry(entry: HTTPAccessLogEntry) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(ticket, usage fields) of a finished request keyguard holds credits for; None for
+    an entry without a ticket (denied, unmetered route, ...) or an intermediate one."""
+    common = entry.common_properties
+    if common.intermediate_log_entry:
+        return None  # the request has not finished yet
+    metadata = common.metadata.filter_metadata
+    ticket_struct = metadata.get(EXT_AUTHZ_NAMESPACE)
+    if ticket_struct is None:
+        return None
+    ticket = _ticket(ticket_struct.fields)
+    if "hold" not in ticket:
+        return None
+    usage = metadata.get(USAGE_NAMESPACE)
+    return ticket, {} if usage is None else _usage(usage.fields)
 
 
 class SettlementService(als_pb2_grpc.AccessLogServiceServicer):
@@ -187,14 +244,13 @@ class SettlementService(als_pb2_grpc.AccessLogServiceServicer):
     def take(self, message: StreamAccessLogsMessage) -> int:
         """Queue the settlements of one message; how many entries carried a ticket."""
         taken = 0
+        table = self.prices.table
         for entry in message.http_logs.log_entry:
-            if entry.common_properties.intermediate_log_entry:
-                continue  # the request has not finished yet
-            ticket = _struct(entry, EXT_AUTHZ_NAMESPACE)
-            if "hold" not in ticket:
-                continue  # not metered by keyguard (denied, unmetered route, ...)
+            read = read_entry(entry)
+            if read is None:
+                continue  # unfinished, or not metered by keyguard
             code = entry.response.response_code.value
-            item = assess(ticket, _struct(entry, USAGE_NAMESPACE), code, self.prices.table)
+            item = assess(read[0], read[1], code, table)
             if item is None:
                 log.warning("settle_unreadable_ticket")
                 continue

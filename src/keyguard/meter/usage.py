@@ -41,34 +41,44 @@ def _count(obj: Any, name: str, required: bool = True) -> int:
         if required:
             raise _Unreadable(name)
         return 0
-    if isinstance(value, bool):
-        raise _Unreadable(name)
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is float:  # how Envoy's metadata carries every number
         if not value.is_integer():
-            raise _Unreadable(name)
+            raise _Unreadable(name)  # also NaN and infinities
         value = int(value)
-    if not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+    elif kind is not int:  # a bool, a string, an object...
         raise _Unreadable(name)
-    return value
+    if not 0 <= value <= MAX_TOKENS:
+        raise _Unreadable(name)
+    return int(value)
 
 
-def _openai_chat(usage: dict[str, Any]) -> Usage:
-    prompt = _count(usage, "prompt_tokens")
-    cached = _count(usage.get("prompt_tokens_details"), "cached_tokens", required=False)
-    # Embeddings report no completion_tokens.
-    output = _count(usage, "completion_tokens", required=False)
+def _chat(prompt: int, cached: int, output: int) -> Usage:
     if cached > prompt:
         raise _Unreadable("cached_tokens")
     return Usage(input=prompt - cached, cached_input=cached, output=output)
 
 
-def _openai_responses(usage: dict[str, Any]) -> Usage:
-    total_in = _count(usage, "input_tokens")
-    cached = _count(usage.get("input_tokens_details"), "cached_tokens", required=False)
+def _openai_chat(usage: dict[str, Any]) -> Usage:
+    # Embeddings report no completion_tokens.
+    return _chat(
+        _count(usage, "prompt_tokens"),
+        _count(usage.get("prompt_tokens_details"), "cached_tokens", required=False),
+        _count(usage, "completion_tokens", required=False),
+    )
+
+
+def _responses(total_in: int, cached: int, output: int) -> Usage:
     if cached > total_in:
         raise _Unreadable("cached_tokens")
-    return Usage(
-        input=total_in - cached, cached_input=cached, output=_count(usage, "output_tokens")
+    return Usage(input=total_in - cached, cached_input=cached, output=output)
+
+
+def _openai_responses(usage: dict[str, Any]) -> Usage:
+    return _responses(
+        _count(usage, "input_tokens"),
+        _count(usage.get("input_tokens_details"), "cached_tokens", required=False),
+        _count(usage, "output_tokens"),
     )
 
 
@@ -104,12 +114,18 @@ def usage_from_fields(fields: dict[str, Any], anthropic: bool) -> Usage | None:
         return None
     try:
         if "prompt_tokens" in fields:
-            details = {"cached_tokens": fields.get("cached_tokens")}
-            return _openai_chat({**fields, "prompt_tokens_details": details})
+            return _chat(
+                _count(fields, "prompt_tokens"),
+                _count(fields, "cached_tokens", required=False),
+                _count(fields, "completion_tokens", required=False),
+            )
         if anthropic:
             return _anthropic(fields)
-        details = {"cached_tokens": fields.get("cached_tokens")}
-        return _openai_responses({**fields, "input_tokens_details": details})
+        return _responses(
+            _count(fields, "input_tokens"),
+            _count(fields, "cached_tokens", required=False),
+            _count(fields, "output_tokens"),
+        )
     except _Unreadable:
         return None
 

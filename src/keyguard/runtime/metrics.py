@@ -93,7 +93,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._counts: deque[Counter] = deque()
+        self._counts: deque[Counter | Gauge] = deque()
         self._observations: deque[tuple[Histogram, float]] = deque()
         self._armed = False
         registry.register(_ApplyFirst(self))
@@ -201,7 +201,7 @@ class Metrics:
         self.cache_hit_negative = self.cache_hits.labels("negative")
         self.cache_miss = self.cache_misses.labels("positive")
 
-    def count(self, counter: Counter) -> None:
+    def count(self, counter: Counter | Gauge) -> None:
         """counter.inc(), applied later."""
         self._counts.append(counter)
         if not self._armed:
@@ -228,7 +228,7 @@ class Metrics:
 
     def apply(self) -> None:
         """Apply what is queued now; safe from any thread, and concurrently."""
-        counts: dict[Counter, int] = {}
+        counts: dict[Counter | Gauge, int] = {}
         for counter in _drain(self._counts):
             counts[counter] = counts.get(counter, 0) + 1
         observed: dict[Histogram, list[float]] = {}
