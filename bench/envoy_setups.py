@@ -47,7 +47,7 @@ class EnvoySetup:
     checks_with: str  # "none" | "api_key_auth" | "ext_authz"
 
 
-def _hcm(doc: dict[str, Any]) -> dict[str, Any]:
+def hcm_of(doc: dict[str, Any]) -> dict[str, Any]:
     listener = doc["static_resources"]["listeners"][0]
     hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
     return hcm
@@ -63,7 +63,7 @@ def _direct_response_catch_all(hcm: dict[str, Any]) -> None:
     raise ValueError("the deployed config has no catch-all prefix / route")
 
 
-def _json_response_catch_all(hcm: dict[str, Any], body: bytes) -> None:
+def json_response_catch_all(hcm: dict[str, Any], body: bytes) -> None:
     """The catch-all route answers `body` as application/json, as an LLM API would."""
     _direct_response_catch_all(hcm)
     for vhost in hcm["route_config"]["virtual_hosts"]:
@@ -146,7 +146,7 @@ def render_setups(
             upstream_port=unused_upstream,
             **target,
         )
-        hcm = _hcm(doc)
+        hcm = hcm_of(doc)
         _direct_response_catch_all(hcm)
         checks_with = "ext_authz"
         if kind in ("none", "api"):
@@ -180,7 +180,7 @@ def render_metering_setups(
             upstream_port=free_port(),  # never contacted (direct_response)
             keyguard_port=port,
         )
-        _json_response_catch_all(_hcm(doc), chat_completion_response())
+        json_response_catch_all(hcm_of(doc), chat_completion_response())
         path = write_config(doc, out_dir / f"envoy-{name}.yaml")
         setups.append(EnvoySetup(name, label, path, listen_port, admin_port, "ext_authz"))
     return setups
@@ -197,7 +197,7 @@ def capture_config(out_dir: Path, capture_port: int) -> tuple[Path, int, int]:
         upstream_port=free_port(),
         keyguard_port=capture_port,
     )
-    _direct_response_catch_all(_hcm(doc))
+    _direct_response_catch_all(hcm_of(doc))
     return write_config(doc, out_dir / "envoy-capture.yaml"), listen_port, admin_port
 
 
