@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.flood_seconds is not None:
         plan = dataclasses.replace(plan, flood_seconds=args.flood_seconds)
     run = Run(plan, progress)
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every process the run
+    # started is stopped on the way out instead of being left behind.
+    signal.signal(signal.SIGTERM, _stop)
     results = run.execute()
     results["targets"] = report.targets(results)
     paths = report.write(results, args.out)
@@ -50,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "PASS" if t["pass"] else "FAIL"
         progress(f"  {verdict}  {t['description']}: {t['value']:.2f} ({t['op']} {t['limit']:g})")
     return 0
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ log = structlog.get_logger("keyguard.settlement")
 # oldest are dropped, logged and counted, instead of growing without end. Their holds
 # then expire, charging nothing.
 MAX_QUEUED = 200_000
+# One settle.lua call takes at most this many requests of a key: a backlog (after Redis
+# was away) goes in several calls, none holding Redis for long.
+MAX_PER_CALL = 1000
 
 
 class _Tally:
@@ -147,23 +150,28 @@ class Settler(BackgroundTask):
         batch, self._queue = self._queue, {}
         self._queued = 0
         self._wake.clear()
-        keys = list(batch)
+        calls = [
+            items[start : start + MAX_PER_CALL]
+            for items in batch.values()
+            for start in range(0, len(items), MAX_PER_CALL)
+        ]
         results = await asyncio.gather(
             *(
-                self.store.settle(key, [a.settlement for a in batch[key]], self.history_days)
-                for key in keys
+                self.store.settle(
+                    items[0].key_hash, [a.settlement for a in items], self.history_days
+                )
+                for items in calls
             ),
             return_exceptions=True,
         )
         failed: BaseException | None = None
         tally = _Tally()
-        for key, result in zip(keys, results, strict=True):
+        for items, result in zip(calls, results, strict=True):
             if isinstance(result, BaseException):
                 failed = result
-                for item in batch[key]:
+                for item in items:
                     self._requeue(item)
                 continue
-            items = batch[key]
             for item, word in zip(items, result, strict=False):
                 tally.add(item, word)
             for event in result[len(items) :]:  # low-balance crossings, once each

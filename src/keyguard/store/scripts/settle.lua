@@ -11,64 +11,109 @@
 -- then, when the balance crossed the key's low-balance threshold (alert_below: credits,
 -- or a percentage of the quota) downwards, 'alert|<key id>|<remaining>|<threshold>', once
 -- per crossing; or 'rearm|<key id>' when it is back above it (after a top-up or a reset).
+-- The batch is read with two calls (which ids were settled before, which holds are still
+-- open) and written with one call per field: the per-hold work is Lua arithmetic, so a
+-- batch costs Redis little more than one hold (the caller sends at most 1,000 holds).
 local rec = KEYS[1]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep_ms = tonumber(ARGV[1])
 local history_ms = tonumber(ARGV[2])
-local f = redis.call('HMGET', rec, 'id', 'unlimited', 'payg', 'type', 'tpm')
+local f = redis.call('HMGET', rec, 'id', 'unlimited', 'payg', 'type', 'tpm', 'remaining')
 local exists = f[1] ~= false
 local out = {}
 local tokens = 0
 
+local ids, members = {}, {}
 for i = 3, #ARGV, 7 do
-  local id = ARGV[i]
-  local amount = tonumber(ARGV[i + 1])
-  local charge = tonumber(ARGV[i + 2])
-  if redis.call('ZSCORE', KEYS[3], id) then
-    out[#out + 1] = 'duplicate'
+  ids[#ids + 1] = ARGV[i]
+  -- As spend.lua wrote the member: the id, ':', the amount as a Lua number.
+  members[#members + 1] = ARGV[i] .. ':' .. tonumber(ARGV[i + 1])
+end
+local before, open = {}, {}
+if #ids > 0 then
+  before = redis.call('ZMSCORE', KEYS[3], unpack(ids))
+  open = redis.call('ZMSCORE', KEYS[2], unpack(members))
+end
+
+local quota = f[2] ~= '1'
+local remaining = tonumber(f[6]) or 0
+local seen, settled, released = {}, {}, {}
+-- Sums of whole numbers, each far below 2^53 (the caller bounds amounts and batch sizes),
+-- so Lua's doubles hold them exactly; int() writes them without an exponent.
+local freed, used, taken, payg_used, cycle_used = 0, 0, 0, 0, 0
+local tin_sum, cached_sum, tout_sum = 0, 0, 0
+local history = {}
+local function int(n) return string.format('%d', n) end
+local function count(field, n)
+  if n > 0 then history[field] = (history[field] or 0) + n end
+end
+
+for n = 1, #ids do
+  local i = 3 + (n - 1) * 7
+  local id = ids[n]
+  if before[n] or seen[id] then
+    out[n] = 'duplicate'
   else
-    redis.call('ZADD', KEYS[3], now_ms, id)
-    local released = 0
-    if amount > 0 then released = redis.call('ZREM', KEYS[2], id .. ':' .. amount) end
-    if released == 1 then
-      redis.call('HINCRBY', rec, 'held', -amount)
-      out[#out + 1] = 'settled'
+    seen[id] = true
+    settled[#settled + 1] = now_ms
+    settled[#settled + 1] = id
+    local amount = tonumber(ARGV[i + 1])
+    local charge = tonumber(ARGV[i + 2])
+    if amount > 0 and open[n] then
+      released[#released + 1] = members[n]
+      freed = freed + amount
+      out[n] = 'settled'
     else
-      out[#out + 1] = 'unheld'
+      out[n] = 'unheld'
     end
     if exists then
       if charge > 0 then
-        redis.call('HINCRBY', rec, 'used', charge)
-        if f[2] ~= '1' then
-          local remaining = tonumber(redis.call('HGET', rec, 'remaining')) or 0
+        used = used + charge
+        if quota then
           if f[3] == '1' and charge > remaining then
             -- Pay-as-you-go: what the balance cannot cover is billed as payg.
             local from_quota = math.max(remaining, 0)
-            redis.call('HINCRBY', rec, 'remaining', -from_quota)
-            redis.call('HINCRBY', rec, 'payg_used', charge - from_quota)
+            remaining = remaining - from_quota
+            taken = taken + from_quota
+            payg_used = payg_used + charge - from_quota
           else
             -- May go below zero by what a request cost beyond its hold (documented).
-            redis.call('HINCRBY', rec, 'remaining', -charge)
+            remaining = remaining - charge
+            taken = taken + charge
           end
-          if f[4] == 'subscription' then redis.call('HINCRBY', rec, 'cycle_used', charge) end
+          if f[4] == 'subscription' then cycle_used = cycle_used + charge end
         end
       end
       local tin, cached, tout = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
-      if tin > 0 then redis.call('HINCRBY', rec, 'tokens_in', tin) end
-      if cached > 0 then redis.call('HINCRBY', rec, 'cached_tokens', cached) end
-      if tout > 0 then redis.call('HINCRBY', rec, 'tokens_out', tout) end
+      tin_sum, cached_sum, tout_sum = tin_sum + tin, cached_sum + cached, tout_sum + tout
       tokens = tokens + tin + cached + tout
       if history_ms > 0 then
         local model = ARGV[i + 6]
-        redis.call('HINCRBY', KEYS[5], model .. '|requests', 1)
-        if tin > 0 then redis.call('HINCRBY', KEYS[5], model .. '|input', tin) end
-        if cached > 0 then redis.call('HINCRBY', KEYS[5], model .. '|cached', cached) end
-        if tout > 0 then redis.call('HINCRBY', KEYS[5], model .. '|output', tout) end
-        if charge > 0 then redis.call('HINCRBY', KEYS[5], model .. '|credits', charge) end
+        count(model .. '|requests', 1)
+        count(model .. '|input', tin)
+        count(model .. '|cached', cached)
+        count(model .. '|output', tout)
+        count(model .. '|credits', charge)
       end
     end
   end
+end
+
+if #settled > 0 then redis.call('ZADD', KEYS[3], unpack(settled)) end
+if #released > 0 then
+  redis.call('ZREM', KEYS[2], unpack(released))
+  redis.call('HINCRBY', rec, 'held', int(-freed))
+end
+if exists then
+  if used > 0 then redis.call('HINCRBY', rec, 'used', int(used)) end
+  if taken > 0 then redis.call('HINCRBY', rec, 'remaining', int(-taken)) end
+  if payg_used > 0 then redis.call('HINCRBY', rec, 'payg_used', int(payg_used)) end
+  if cycle_used > 0 then redis.call('HINCRBY', rec, 'cycle_used', int(cycle_used)) end
+  if tin_sum > 0 then redis.call('HINCRBY', rec, 'tokens_in', int(tin_sum)) end
+  if cached_sum > 0 then redis.call('HINCRBY', rec, 'cached_tokens', int(cached_sum)) end
+  if tout_sum > 0 then redis.call('HINCRBY', rec, 'tokens_out', int(tout_sum)) end
+  for field, n in pairs(history) do redis.call('HINCRBY', KEYS[5], field, int(n)) end
 end
 
 if exists and #out > 0 then
