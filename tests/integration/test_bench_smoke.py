@@ -208,3 +208,25 @@ def test_a_second_run_the_same_day_keeps_the_first(
     assert {p.stem for p in second.values()} == {results["date"] + "-2"}
     assert first["json"].read_bytes() == before
     assert all(p.is_file() for p in second.values())
+
+
+def test_the_settlement_design_comparison_runs_and_checks_what_it_measured(
+    tmp_path: Path,
+) -> None:
+    """`python -m bench.settlement_designs`: both designs through Envoy, every request
+    allowed, and the ext_proc probe read a hold id and usage from every response."""
+    out = tmp_path / "designs.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.settlement_designs", "--rounds", "1",
+         "--requests", "400", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())["summary"]
+    for design in ("a", "b"):
+        assert summary[design]["ok"] == 400
+        assert summary[design]["rounds_with_problems"] == 0
+        assert positive(summary[design]["rps"]) and positive(summary[design]["keyguard_us"])
+    assert summary["a"]["usage_read"] == summary["a"]["with_hold"] == 400
+    assert summary["b"]["streams"] == 0  # design (b) never opens an ext_proc stream
+    assert positive(summary["rps_a_over_b"])
