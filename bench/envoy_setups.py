@@ -160,27 +160,39 @@ def render_setups(
     return setups
 
 
+def _deployed_on_free_ports(keyguard_port: int) -> tuple[dict[str, Any], int, int]:
+    """envoy.yaml (TCP) on free ports, calling keyguard at `keyguard_port`."""
+    doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    listen_port, admin_port = free_port(), free_port()
+    rewrite_config(
+        doc,
+        listen_port=listen_port,
+        admin_port=admin_port,
+        upstream_port=free_port(),  # never contacted (direct_response)
+        keyguard_port=keyguard_port,
+    )
+    return doc, listen_port, admin_port
+
+
+def usage_answering_config(keyguard_port: int) -> tuple[dict[str, Any], int, int]:
+    """envoy.yaml as deployed on free ports, calling keyguard at `keyguard_port`, its
+    catch-all route answering a JSON chat completion with usage: (config, listen, admin)."""
+    doc, listen_port, admin_port = _deployed_on_free_ports(keyguard_port)
+    json_response_catch_all(hcm_of(doc), chat_completion_response())
+    return doc, listen_port, admin_port
+
+
 def render_metering_setups(
     out_dir: Path, *, metering_off_port: int, metering_on_port: int
 ) -> list[EnvoySetup]:
     """envoy.yaml as deployed, answering JSON chat completions with usage, calling a
     keyguard with KEYGUARD_METERING=request (off) or =tokens (on)."""
-    source = yaml.safe_load(DEFAULT_CONFIG.read_text())
     setups: list[EnvoySetup] = []
     for name, label, port in (
         ("metering_off", "metering off (KEYGUARD_METERING=request)", metering_off_port),
         ("metering_on", "metering on (KEYGUARD_METERING=tokens)", metering_on_port),
     ):
-        doc = copy.deepcopy(source)
-        listen_port, admin_port = free_port(), free_port()
-        rewrite_config(
-            doc,
-            listen_port=listen_port,
-            admin_port=admin_port,
-            upstream_port=free_port(),  # never contacted (direct_response)
-            keyguard_port=port,
-        )
-        json_response_catch_all(hcm_of(doc), chat_completion_response())
+        doc, listen_port, admin_port = usage_answering_config(port)
         path = write_config(doc, out_dir / f"envoy-{name}.yaml")
         setups.append(EnvoySetup(name, label, path, listen_port, admin_port, "ext_authz"))
     return setups
@@ -188,15 +200,7 @@ def render_metering_setups(
 
 def capture_config(out_dir: Path, capture_port: int) -> tuple[Path, int, int]:
     """The deployed TCP config, ext_authz pointed at the capture servicer."""
-    doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    listen_port, admin_port = free_port(), free_port()
-    rewrite_config(
-        doc,
-        listen_port=listen_port,
-        admin_port=admin_port,
-        upstream_port=free_port(),
-        keyguard_port=capture_port,
-    )
+    doc, listen_port, admin_port = _deployed_on_free_ports(capture_port)
     _direct_response_catch_all(hcm_of(doc))
     return write_config(doc, out_dir / "envoy-capture.yaml"), listen_port, admin_port
 

@@ -28,25 +28,22 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench import loadgen
-from bench.envoy_setups import hcm_of, json_response_catch_all
+from bench.envoy_setups import hcm_of, usage_answering_config
 from bench.payloads import (
     MODEL,
     PRICE_INPUT,
     PRICE_OUTPUT,
-    chat_completion_response,
     small_chat_body,
     write_raw,
 )
 from bench.rounds import paired_ratio
 from bench.system import CpuMeter
 from harness.cli import create_key
-from harness.envoy import EnvoyProcess, rewrite_config, write_config
+from harness.envoy import EnvoyProcess, write_config
 from harness.keyguard import KeyguardServer
 from harness.net import free_port
-from harness.paths import DEFAULT_CONFIG, REPO
+from harness.paths import REPO
 from harness.process import Child
 from harness.redis import RedisServer
 
@@ -108,16 +105,7 @@ def ext_proc_config(doc: dict[str, Any], probe_port: int) -> None:
 
 
 def envoy_for(design: str, out: Path, keyguard_port: int, probe_port: int) -> EnvoyProcess:
-    doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    listen, admin = free_port(), free_port()
-    rewrite_config(
-        doc,
-        listen_port=listen,
-        admin_port=admin,
-        upstream_port=free_port(),  # never contacted (direct_response)
-        keyguard_port=keyguard_port,
-    )
-    json_response_catch_all(hcm_of(doc), chat_completion_response())
+    doc, listen, admin = usage_answering_config(keyguard_port)
     if design == "a":
         ext_proc_config(doc, probe_port)
     path = write_config(doc, out / f"envoy-design-{design}.yaml")

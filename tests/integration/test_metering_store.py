@@ -403,3 +403,23 @@ def test_a_backlog_is_settled_in_calls_of_at_most_max_per_call(redis_url: str) -
         assert b.field(h, "remaining") == 1_000_000 - 2 * count
 
     run("redis", redis_url, body)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_amounts_of_10_to_the_15_are_held_and_charged_exactly(kind: str, redis_url: str) -> None:
+    """Amounts at the price table's limit (10^15) stay exact through the hold, the
+    batched settlement sums and request units (Lua's numbers are doubles)."""
+    big = 10**15 + 7
+
+    async def body(b: Backend) -> None:
+        h = b.key(remaining=str(10**17))
+        result = await b.store.spend(h, big, 0, hold("big"))
+        assert (result.outcome, result.held) == ("ok", big)
+        assert await b.store.settle(h, [Settlement("big", big, big - 3, 0, 0, 0)]) == ["settled"]
+        assert (b.field(h, "held"), b.field(h, "used")) == (0, big - 3)
+        assert b.field(h, "remaining") == 10**17 - big + 3
+        request = await b.store.spend(h, big, 0)  # request units: spent at once
+        assert request.outcome == "ok"
+        assert b.field(h, "remaining") == 10**17 - 2 * big + 3
+
+    run(kind, redis_url, body)

@@ -27,8 +27,8 @@ local tokens = 0
 local ids, members = {}, {}
 for i = 3, #ARGV, 7 do
   ids[#ids + 1] = ARGV[i]
-  -- As spend.lua wrote the member: the id, ':', the amount as a Lua number.
-  members[#members + 1] = ARGV[i] .. ':' .. tonumber(ARGV[i + 1])
+  -- As spend.lua wrote the member: the id, ':', the amount as the caller sent it.
+  members[#members + 1] = ARGV[i] .. ':' .. ARGV[i + 1]
 end
 local before, open = {}, {}
 if #ids > 0 then
@@ -39,8 +39,8 @@ end
 local quota = f[2] ~= '1'
 local remaining = tonumber(f[6]) or 0
 local seen, settled, released = {}, {}, {}
--- Sums of whole numbers, each far below 2^53 (the caller bounds amounts and batch sizes),
--- so Lua's doubles hold them exactly; int() writes them without an exponent.
+-- Sums of whole numbers: exact in Lua's doubles below 2^53 (9 * 10^15; a price is at most
+-- 10^15, a call at most 1,000 holds); int() writes them without an exponent.
 local freed, used, taken, payg_used, cycle_used = 0, 0, 0, 0, 0
 local tin_sum, cached_sum, tout_sum = 0, 0, 0
 local history = {}

@@ -28,6 +28,10 @@ local remaining = tonumber(f[3]) or 0
 local held = tonumber(f[9]) or 0
 local expired_now = 0
 local tl_limit, tl_remaining, tl_reset = 0, 0, 0
+-- Amounts go back to Redis as the caller's decimal string (ARGV[1]) or through int(),
+-- never as a Lua number (a double, written with an exponent from 10^17 on).
+local amount = ARGV[1]
+local function int(n) return string.format('%d', n) end
 local function reply(outcome, left, limit, limit_left, reset, retry)
   return {outcome, left, limit, limit_left, reset, retry, held, tl_limit, tl_remaining,
     tl_reset, expired_now}
@@ -55,7 +59,7 @@ if holding then
       freed = freed + (tonumber(string.match(member, ':(%d+)$')) or 0)
     end
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
-    held = redis.call('HINCRBY', rec, 'held', -freed)
+    held = redis.call('HINCRBY', rec, 'held', int(-freed))
     redis.call('HINCRBY', rec, 'holds_expired', #expired)
     expired_now = #expired
   end
@@ -110,19 +114,19 @@ if holding then
   end
   if cost > 0 then
     local ttl = tonumber(ARGV[4])
-    redis.call('ZADD', KEYS[3], now_ms + ttl, hold_id .. ':' .. cost)
+    redis.call('ZADD', KEYS[3], now_ms + ttl, hold_id .. ':' .. amount)
     redis.call('PEXPIRE', KEYS[3], ttl + 60000)
-    held = redis.call('HINCRBY', rec, 'held', cost)
+    held = redis.call('HINCRBY', rec, 'held', amount)
   end
 elseif unlimited or cost <= 0 then
-  if cost > 0 then redis.call('HINCRBY', rec, 'used', cost) end
+  if cost > 0 then redis.call('HINCRBY', rec, 'used', amount) end
 elseif remaining >= cost then
-  remaining = redis.call('HINCRBY', rec, 'remaining', -cost)
-  redis.call('HINCRBY', rec, 'used', cost)
-  if f[5] == 'subscription' then redis.call('HINCRBY', rec, 'cycle_used', cost) end
+  remaining = redis.call('HINCRBY', rec, 'remaining', '-' .. amount)
+  redis.call('HINCRBY', rec, 'used', amount)
+  if f[5] == 'subscription' then redis.call('HINCRBY', rec, 'cycle_used', amount) end
 elseif f[4] == '1' then
-  redis.call('HINCRBY', rec, 'used', cost)
-  redis.call('HINCRBY', rec, 'payg_used', cost)
+  redis.call('HINCRBY', rec, 'used', amount)
+  redis.call('HINCRBY', rec, 'payg_used', amount)
   outcome = 'payg'
 else
   return reply('insufficient', remaining, rl_limit, rl_remaining, rl_reset, 0)
