@@ -53,29 +53,24 @@ def _count(obj: Any, name: str, required: bool = True) -> int:
     return int(value)
 
 
-def _chat(prompt: int, cached: int, output: int) -> Usage:
-    if cached > prompt:
+def _split(total_in: int, cached: int, output: int) -> Usage:
+    """OpenAI's input count includes its cached tokens: split them out."""
+    if cached > total_in:
         raise _Unreadable("cached_tokens")
-    return Usage(input=prompt - cached, cached_input=cached, output=output)
+    return Usage(input=total_in - cached, cached_input=cached, output=output)
 
 
 def _openai_chat(usage: dict[str, Any]) -> Usage:
     # Embeddings report no completion_tokens.
-    return _chat(
+    return _split(
         _count(usage, "prompt_tokens"),
         _count(usage.get("prompt_tokens_details"), "cached_tokens", required=False),
         _count(usage, "completion_tokens", required=False),
     )
 
 
-def _responses(total_in: int, cached: int, output: int) -> Usage:
-    if cached > total_in:
-        raise _Unreadable("cached_tokens")
-    return Usage(input=total_in - cached, cached_input=cached, output=output)
-
-
 def _openai_responses(usage: dict[str, Any]) -> Usage:
-    return _responses(
+    return _split(
         _count(usage, "input_tokens"),
         _count(usage.get("input_tokens_details"), "cached_tokens", required=False),
         _count(usage, "output_tokens"),
@@ -114,14 +109,14 @@ def usage_from_fields(fields: dict[str, Any], anthropic: bool) -> Usage | None:
         return None
     try:
         if "prompt_tokens" in fields:
-            return _chat(
+            return _split(
                 _count(fields, "prompt_tokens"),
                 _count(fields, "cached_tokens", required=False),
                 _count(fields, "completion_tokens", required=False),
             )
         if anthropic:
             return _anthropic(fields)
-        return _responses(
+        return _split(
             _count(fields, "input_tokens"),
             _count(fields, "cached_tokens", required=False),
             _count(fields, "output_tokens"),
