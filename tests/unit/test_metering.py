@@ -26,6 +26,7 @@ from keyguard.meter.estimate import RequestOptions, estimate_usage, hold_for, re
 from keyguard.meter.pricebook import PriceBook, parse_table
 from keyguard.meter.service import SettlementService, Settler
 from keyguard.meter.settle import Outcome, assess
+from keyguard.meter.ticket import parse_ticket
 from keyguard.prices import Price, cost
 from keyguard.reasons import Reason
 from keyguard.record import TYPE_STANDARD, new_record_fields
@@ -78,15 +79,25 @@ class Meter:
 
 
 def ticket_of(response: CheckResponse) -> dict[str, Any]:
-    return {k: v.string_value for k, v in response.dynamic_metadata.fields.items()}
+    """The allow's metadata, its ticket (the text of ``hold``) read into fields."""
+    fields = {k: v.string_value for k, v in response.dynamic_metadata.fields.items()}
+    ticket = parse_ticket(fields["hold"])
+    assert ticket is not None, fields["hold"]
+    return {**fields, **ticket}
 
 
 def log_entry(
-    ticket: dict[str, Any], usage: dict[str, float] | None, code: int = 200
+    metadata: struct_pb2.Struct | dict[str, Any],
+    usage: dict[str, float] | None,
+    code: int = 200,
 ) -> HTTPAccessLogEntry:
+    """An access-log entry as Envoy writes it: the allow's ext_authz metadata (or, as a
+    dict, entries of the older one-field-each ticket) and the usage it extracted."""
     entry = HTTPAccessLogEntry()
     meta = entry.common_properties.metadata.filter_metadata
-    meta[EXT_AUTHZ].CopyFrom(_struct(ticket))
+    meta[EXT_AUTHZ].CopyFrom(
+        metadata if isinstance(metadata, struct_pb2.Struct) else _struct(metadata)
+    )
     if usage is not None:
         meta["keyguard.usage"].CopyFrom(_struct(usage))
     if code:
@@ -233,10 +244,10 @@ def test_settlement_charges_the_usage_and_releases_the_hold() -> None:
     async def go() -> None:
         m = Meter()
         key = m.key()
-        ticket = ticket_of(await m.check(key))
+        response = await m.check(key)
         usage = {"prompt_tokens": 30.0, "completion_tokens": 10.0, "cached_tokens": 10.0}
         message = StreamAccessLogsMessage()
-        message.http_logs.log_entry.append(log_entry(ticket, usage))
+        message.http_logs.log_entry.append(log_entry(response.dynamic_metadata, usage))
         assert m.settlement.take(message) == 1
         await m.settler.flush()
         # 20 uncached at 1 + 10 cached at 0.5 + 10 output at 2 = 45 credits
@@ -274,7 +285,7 @@ def test_a_batch_is_counted_in_the_metrics_by_model_kind_and_outcome() -> None:
         ):  # fmt: skip
             path = "/v1/messages" if model.startswith("claude") else "/v1/chat/completions"
             response = await m.check(key, {"model": model, "max_tokens": 50}, path)
-            message.http_logs.log_entry.append(log_entry(ticket_of(response), usage, code))
+            message.http_logs.log_entry.append(log_entry(response.dynamic_metadata, usage, code))
         m.metrics.apply()  # the holds counted at Check
         assert sample("keyguard_holds_open") == 5
         assert m.settlement.take(message) == 5
@@ -378,14 +389,67 @@ def test_an_unreadable_ticket_settles_nothing(ticket: dict[str, Any]) -> None:
     assert assess(ticket, {}, 200, parse_table({})) is None
 
 
-def test_a_failed_write_is_kept_and_retried() -> None:
+def test_a_model_name_with_spaces_survives_the_ticket_text() -> None:
+    async def go() -> None:
+        m = Meter()
+        m.prices.table = parse_table({"*": PRICE.to_json()})
+        key = m.key()
+        response = await m.check(key, {"model": "my model  v2 ", "max_tokens": 5})
+        assert http_status(response) == 200
+        ticket = ticket_of(response)
+        assert (ticket["model"], ticket["kh"], ticket["dialect"]) == (
+            "my model  v2 ", hash_key(key), "openai",
+        )  # fmt: skip
+        message = StreamAccessLogsMessage()
+        usage = {"prompt_tokens": 3.0, "completion_tokens": 1.0}
+        message.http_logs.log_entry.append(log_entry(response.dynamic_metadata, usage))
+        assert m.settlement.take(message) == 1
+        await m.settler.flush()
+        assert (m.field(key, "used"), m.field(key, "held")) == (3 + 2, 0)
+
+    run(go)
+
+
+def test_a_ticket_of_the_older_format_still_settles() -> None:
+    """A request admitted by an older replica (one metadata entry per ticket field) and
+    settled by this one, during a rolling upgrade: charged like any other."""
+
     async def go() -> None:
         m = Meter()
         key = m.key()
         ticket = ticket_of(await m.check(key))
+        older = {name: ticket[name] for name in ("hold", "held", "estimate", "kh", "model")}
+        message = StreamAccessLogsMessage()
+        usage = {"prompt_tokens": 4.0, "completion_tokens": 1.0}
+        message.http_logs.log_entry.append(log_entry(older, usage))
+        assert m.settlement.take(message) == 1
+        await m.settler.flush()
+        assert (m.field(key, "used"), m.field(key, "held")) == (4 + 2, 0)
+
+    run(go)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "h1", "h1 5 5", "h1 5 5 " + "a" * 64 + " openai", "h1 x 5 short openai m"]
+)
+def test_a_ticket_text_that_cannot_be_read_settles_nothing(text: str) -> None:
+    async def go() -> None:
+        m = Meter()
+        message = StreamAccessLogsMessage()
+        message.http_logs.log_entry.append(log_entry({"hold": text}, {"prompt_tokens": 1.0}))
+        assert m.settlement.take(message) == 0
+
+    run(go)
+
+
+def test_a_failed_write_is_kept_and_retried() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key()
+        response = await m.check(key)
         message = StreamAccessLogsMessage()
         message.http_logs.log_entry.append(
-            log_entry(ticket, {"prompt_tokens": 4.0, "completion_tokens": 1.0})
+            log_entry(response.dynamic_metadata, {"prompt_tokens": 4.0, "completion_tokens": 1.0})
         )
         m.settlement.take(message)
         m.store.failing = True

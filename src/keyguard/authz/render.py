@@ -23,6 +23,7 @@ from keyguard._proto.envoy.type.v3.http_status_pb2 import HttpStatus
 from keyguard._proto.google.rpc.status_pb2 import Status
 from keyguard.authz.decision import Billing, Decision, Ticket
 from keyguard.authz.request import RequestFacts
+from keyguard.meter.ticket import ticket_head, ticket_tail
 from keyguard.policy import SpendResult
 from keyguard.reasons import OUTCOMES, Reason
 from keyguard.record import KeyRecord
@@ -190,44 +191,24 @@ def _token_pairs(spend: SpendResult) -> list[tuple[str, str]]:
     return list(zip(_TL_NAMES, values, strict=True))
 
 
-def _struct_string(key: str, value: str) -> bytes:
-    # Struct.fields (1) map entry {key = 1, value = 2: Value{string_value = 3}}
-    return _field(1, _key_field(key) + _field(2, _field(3, value.encode())))
-
-
-def _struct_short(key: bytes, value: str) -> bytes:
-    """``_struct_string`` for an ASCII value under 100 bytes and a key field already
-    encoded (the ticket's per-request entries): two length bytes are known at once."""
-    size = len(value)
-    entry = key + b"\x12" + _ONE_BYTE[size + 2] + b"\x1a" + _ONE_BYTE[size] + value.encode()
-    return b"\x0a" + _ONE_BYTE[len(entry)] + entry
-
-
 @functools.lru_cache(maxsize=4096)
-def _ticket_fixed(key_hash: str, model: str, anthropic: bool) -> bytes:
+def _ticket_tail(key_hash: str, model: str, anthropic: bool) -> bytes:
     # What a key's tickets for one model share: encoded once, not on every Check.
-    return (
-        _struct_string("kh", key_hash)
-        + _struct_string("model", model)
-        + _struct_string("dialect", "anthropic" if anthropic else "openai")
-    )
+    return ticket_tail(key_hash, model, anthropic).encode()
+
+
+# Struct.fields (1) map entry {key = 1 "hold", value = 2: Value{string_value = 3}}
+_HOLD_KEY = _key_field("hold")
 
 
 def ticket_suffix(ticket: Ticket) -> bytes:
-    """Serialized ``dynamic_metadata`` (4) carrying the settlement ticket; protobuf merges
-    its map entries into the memoized allow's metadata (key_id, key_type, billing)."""
-    entries = (
-        _struct_short(_HOLD_KEY, ticket.hold_id)
-        + _struct_short(_HELD_KEY, str(ticket.held))
-        + _struct_short(_ESTIMATE_KEY, str(ticket.estimate))
-        + _ticket_fixed(ticket.key_hash, ticket.model, ticket.anthropic)
+    """Serialized ``dynamic_metadata`` (4) carrying the settlement ticket, one ``hold``
+    entry (meter/ticket.py); protobuf merges it into the memoized allow's metadata
+    (key_id, key_type, billing)."""
+    text = ticket_head(ticket.hold_id, ticket.held, ticket.estimate).encode() + _ticket_tail(
+        ticket.key_hash, ticket.model, ticket.anthropic
     )
-    return _field(4, entries)
-
-
-# Hold ids are 12 hex digits and a hex counter, amounts at most 19 digits: each entry
-# stays far below 128 bytes, so _struct_short applies (tests/unit pin the encoding).
-_HOLD_KEY, _HELD_KEY, _ESTIMATE_KEY = (_key_field(k) for k in ("hold", "held", "estimate"))
+    return _field(4, _field(1, _HOLD_KEY + _field(2, _field(3, text))))
 
 
 @functools.lru_cache(maxsize=256)

@@ -36,6 +36,7 @@ from keyguard.meter.settle import (
     Outcome,
     assess,
 )
+from keyguard.meter.ticket import legacy_ticket, parse_ticket
 from keyguard.runtime.alerts import Alerts
 from keyguard.runtime.metrics import Metrics
 from keyguard.runtime.tasks import BackgroundTask
@@ -197,18 +198,7 @@ class Settler(BackgroundTask):
 # What settlement reads of an entry's metadata: the ticket keyguard set at Check and
 # the usage Envoy extracted. Each is looked up by name: iterating a protobuf map or
 # converting whole Structs costs several times as much per entry.
-_TICKET_FIELDS = ("hold", "held", "estimate", "kh", "model", "dialect")
 _USAGE_FIELDS = (*sorted(TOKEN_FIELDS), "type")
-
-
-def _ticket(fields: Any) -> dict[str, Any]:
-    """The ticket's values; each is a string (a value of another kind reads as "")."""
-    out: dict[str, Any] = {}
-    for name in _TICKET_FIELDS:
-        value = fields.get(name)
-        if value is not None:
-            out[name] = value.string_value
-    return out
 
 
 def _usage(fields: Any) -> dict[str, Any]:
@@ -225,19 +215,21 @@ def _usage(fields: Any) -> dict[str, Any]:
     return out
 
 
-def read_entry(entry: HTTPAccessLogEntry) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def read_entry(entry: HTTPAccessLogEntry) -> tuple[dict[str, str], dict[str, Any]] | None:
     """(ticket, usage fields) of a finished request keyguard holds credits for; None for
     an entry without a ticket (denied, unmetered route, ...) or an intermediate one."""
     common = entry.common_properties
     if common.intermediate_log_entry:
         return None  # the request has not finished yet
     metadata = common.metadata.filter_metadata
-    ticket_struct = metadata.get(EXT_AUTHZ_NAMESPACE)
-    if ticket_struct is None:
+    authz = metadata.get(EXT_AUTHZ_NAMESPACE)
+    if authz is None:
         return None
-    ticket = _ticket(ticket_struct.fields)
-    if "hold" not in ticket:
+    fields = authz.fields
+    hold = fields.get("hold")
+    if hold is None:
         return None
+    ticket = parse_ticket(hold.string_value) or legacy_ticket(fields)
     usage = metadata.get(USAGE_NAMESPACE)
     return ticket, {} if usage is None else _usage(usage.fields)
 
