@@ -368,6 +368,8 @@ BAD_BODIES: dict[str, tuple[str, str, Any, int, str]] = {
     "negative tpm": ("PATCH", "/v1/keys/{id}", {"tpm": -1}, 400, "tpm: '-1' is negative"),
     "zero topup": ("POST", "/v1/keys/{id}/topup", {"amount": 0}, 400, "greater than 0"),
     "topup without amount": ("POST", "/v1/keys/{id}/topup", {}, 400, "missing field 'amount'"),
+    "huge topup": ("POST", "/v1/keys/{id}/topup", {"amount": 10**15}, 400, "above the limit"),
+    "huge quota": ("PATCH", "/v1/keys/{id}", {"quota": 10**15 + 1}, 400, "larger than the limit"),
     "unknown id": ("GET", f"/v1/keys/{MISSING}", None, 404, "no key with id"),
     "unknown id edit": ("PATCH", f"/v1/keys/{MISSING}", {"rpm": 1}, 404, "no key with id"),
     "unknown id revoke": ("DELETE", f"/v1/keys/{MISSING}", None, 404, "no key with id"),

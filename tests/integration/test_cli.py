@@ -155,6 +155,34 @@ def test_topup_of_unlimited_key_is_refused(redis_url: str) -> None:
     assert result.returncode == 2 and "unlimited" in result.stderr
 
 
+def test_balances_stop_at_10_to_the_15_credits_and_a_refusal_changes_nothing(
+    redis_url: str,
+) -> None:
+    """Quotas and top-ups are bounded like prices, so every balance Redis's Lua compares
+    stays exact (below 2^53); the limit itself is accepted."""
+    limit = 10**15
+    for args in (
+        ("keys", "create", "--quota", str(limit + 1)),
+        ("keys", "create", "--type", "subscription", "--quota", str(limit + 1), "--cycle", "1d"),
+        ("plans", "create", "big", "--quota", str(limit + 1), "--cycle", "1d"),
+    ):
+        before = snapshot(redis_url)
+        result = run_cli(*args, redis_url=redis_url)
+        assert result.returncode == 2 and "larger than the limit" in result.stderr, args
+        assert "Traceback" not in result.stderr
+        assert snapshot(redis_url) == before
+    created = create_key(redis_url, "--quota", str(limit - 10))
+    result = run_cli("keys", "set", created["id"], "--quota", str(limit + 1), redis_url=redis_url)
+    assert result.returncode == 2 and "larger than the limit" in result.stderr
+    before = snapshot(redis_url)
+    result = run_cli("keys", "topup", created["id"], "11", redis_url=redis_url)
+    assert result.returncode == 2 and "above the limit" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(redis_url) == before
+    code, out = keys_cli(redis_url, "topup", created["id"], "10", "--json")
+    assert code == 0 and json.loads(out)["remaining"] == limit
+
+
 # --- metadata and usage (issue 13, items 4 and 6) --------------------------------------
 
 

@@ -179,6 +179,7 @@ def _fields(
             )
         fields["unlimited"] = "1"
     if change.quota is not None:
+        values.credits(change.quota)
         if key_type == TYPE_SUBSCRIPTION:
             fields["cycle_quota"] = str(change.quota)
             if creating:
@@ -386,10 +387,11 @@ class Keyring:
     def topup(self, key_id: str, amount: int) -> dict[str, Any]:
         if amount <= 0:
             raise InvalidChange("must be greater than 0")
+        values.credits(amount, "top-up")
         key_hash, raw = self.keys.get(key_id)
         if raw.get("unlimited") == "1":
             raise InvalidChange(f"key {key_id} is unlimited; top-up applies to keys with a quota")
-        info = self._describe(key_hash, self.keys.topup(key_id, amount))
+        info = self._describe(key_hash, self.keys.topup(key_id, amount, values.MAX_BALANCE))
         self._record("key.topup", key_id, {"amount": amount})
         return info
 

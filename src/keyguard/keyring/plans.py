@@ -131,7 +131,7 @@ def plan_fields(change: PlanChange) -> dict[str, str]:
     """The plan hash fields a change writes."""
     fields: dict[str, str] = {}
     if change.quota is not None:
-        fields["quota"] = str(values.nonneg_int(str(change.quota)))
+        fields["quota"] = str(values.credits(values.nonneg_int(str(change.quota))))
     if change.cycle is not None:
         if change.cycle <= 0:
             raise InvalidChange("duration must be positive")

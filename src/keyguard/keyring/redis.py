@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
-from keyguard.errors import KeyringError, UnknownKey
+from keyguard.errors import InvalidChange, KeyringError, UnknownKey
 from keyguard.store import (
     ALIAS_FIELD,
     EVENTS_CHANNEL,
@@ -88,10 +88,17 @@ class RedisKeys:
             self._publish(key_hash)
         return self.get(key_id)[1]
 
-    def topup(self, key_id: str, amount: int) -> dict[str, str]:
+    def topup(self, key_id: str, amount: int, most: int) -> dict[str, str]:
+        """Add ``amount`` to the balance, unless that would take it above ``most``."""
         key_hash = self.hash_of(key_id)
-        if self._topup(keys=[record_key(key_hash)], args=[amount]) is None:
+        balance = self._topup(keys=[record_key(key_hash)], args=[amount, most])
+        if balance is None:
             raise UnknownKey(key_id)
+        if isinstance(balance, list):  # refused: [balance now]
+            raise InvalidChange(
+                f"a top-up of {amount} would take the balance ({int(balance[0])}) above the "
+                f"limit of {most} credits"
+            )
         self._publish(key_hash)
         return self.get(key_id)[1]
 

@@ -37,6 +37,21 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+# A quota, a top-up and the balance a top-up leaves are at most this many credits (10^15:
+# a billion dollars at 1 credit = 1 micro-dollar, like a price). Redis's Lua compares
+# balances as doubles, exact only below 2^53 (about 9 x 10^15).
+MAX_BALANCE = 10**15
+
+
+def credits(value: int, what: str = "quota") -> int:
+    """A quota or top-up in whole credits: 0 to MAX_BALANCE."""
+    if value < 0:
+        raise InvalidChange(f"{what} {value} is negative; use 0 or more")
+    if value > MAX_BALANCE:
+        raise InvalidChange(f"{what} {value} is larger than the limit of {MAX_BALANCE} credits")
+    return value
+
+
 def pos_int(text: str) -> int:
     value = nonneg_int(text)
     if value == 0:
