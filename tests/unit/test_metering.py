@@ -30,6 +30,7 @@ from keyguard.meter.ticket import parse_ticket
 from keyguard.prices import Price, cost
 from keyguard.reasons import Reason
 from keyguard.record import TYPE_STANDARD, new_record_fields
+from keyguard.runtime.alerts import Alerts
 from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
 from keyguard.store.memory import MemoryKeyStore
@@ -438,6 +439,44 @@ def test_a_ticket_text_that_cannot_be_read_settles_nothing(text: str) -> None:
         message = StreamAccessLogsMessage()
         message.http_logs.log_entry.append(log_entry({"hold": text}, {"prompt_tokens": 1.0}))
         assert m.settlement.take(message) == 0
+
+    run(go)
+
+
+def test_an_alert_that_fails_loses_neither_the_metrics_nor_the_other_alerts() -> None:
+    """Two keys cross their low-balance threshold in one batch; handling the first
+    alert raises. The batch's charges are counted all the same, and the second alert
+    is still handled."""
+
+    class Flaky(Alerts):
+        def __init__(self, store: MemoryKeyStore, metrics: Metrics) -> None:
+            super().__init__(store, metrics, None)
+            self.handled: list[str] = []
+
+        async def handle(self, word: str) -> None:
+            self.handled.append(word)
+            if len(self.handled) == 1:
+                raise RuntimeError("a bug in an alert handler")
+            await super().handle(word)
+
+    async def go() -> None:
+        m = Meter()
+        alerts = Flaky(m.store, m.metrics)
+        m.settler.alerts = alerts
+        message = StreamAccessLogsMessage()
+        for _ in range(2):
+            key = m.key(remaining="1000", alert_below="900")
+            response = await m.check(key, {"model": "gpt-4o", "max_tokens": 10})
+            usage = {"prompt_tokens": 100.0, "completion_tokens": 50.0}  # 200 credits
+            message.http_logs.log_entry.append(log_entry(response.dynamic_metadata, usage))
+        assert m.settlement.take(message) == 2
+        await m.settler.flush()
+        assert [w.split("|")[0] for w in alerts.handled] == ["alert", "alert"]
+        m.metrics.apply()
+        registry = m.metrics.registry
+        charged = registry.get_sample_value("keyguard_credits_charged_total", {"model": "gpt-4o*"})
+        assert charged == 400
+        assert registry.get_sample_value("keyguard_low_balance_alerts_total") == 1
 
     run(go)
 

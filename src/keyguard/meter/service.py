@@ -167,6 +167,7 @@ class Settler(BackgroundTask):
         )
         failed: BaseException | None = None
         tally = _Tally()
+        events: list[str] = []
         for items, result in zip(calls, results, strict=True):
             if isinstance(result, BaseException):
                 failed = result
@@ -175,10 +176,15 @@ class Settler(BackgroundTask):
                 continue
             for item, word in zip(items, result, strict=False):
                 tally.add(item, word)
-            for event in result[len(items) :]:  # low-balance crossings, once each
-                if self.alerts is not None:
-                    await self.alerts.handle(event)
+            events += result[len(items) :]  # low-balance crossings, once each
+        # What was charged is counted before anything else can go wrong.
         tally.record(self.metrics)
+        if self.alerts is not None:
+            for event in events:
+                try:
+                    await self.alerts.handle(event)
+                except Exception as exc:  # one alert's failure loses no other
+                    log.error("alert_failed", error=type(exc).__name__)
         if failed is not None:
             raise failed
 
