@@ -33,6 +33,7 @@ class RequestFacts:
     """What a decision reads from one CheckRequest; fields beyond the key are lazy."""
 
     __slots__ = (
+        "_body",
         "_extras",
         "_hops",
         "_http",
@@ -65,6 +66,7 @@ class RequestFacts:
         self._xff = headers.get("x-forwarded-for")
         self._hops = trusted_hops
         self._path: str | None = None
+        self._body: bytes | None = None
         self._model: str | None = None
         self._options: RequestOptions | None = None
         self._extras: dict[str, object] | None = None
@@ -98,9 +100,13 @@ class RequestFacts:
         return _client_ip(self._request, self._xff, self._hops)
 
     def body(self) -> bytes:
-        """The body Envoy sent: all of it, or a prefix (see ``body_size``)."""
-        http = self._http
-        return http.raw_body or (http.body.encode("utf-8") if http.body else b"")
+        """The body Envoy sent: all of it, or a prefix (see ``body_size``); read from the
+        message once (each read of a bytes field copies it)."""
+        body = self._body
+        if body is None:
+            http = self._http
+            body = self._body = http.raw_body or (http.body.encode("utf-8") if http.body else b"")
+        return body
 
     @property
     def body_size(self) -> int:
