@@ -330,7 +330,7 @@ def test_a_batch_is_counted_in_the_metrics_by_model_kind_and_outcome() -> None:
 def test_what_each_case_charges(
     usage: dict[str, float] | None, code: int, charged: int | str, outcome: Outcome
 ) -> None:
-    ticket = {"hold": "h1", "kh": "a" * 64, "held": "70", "estimate": "70", "model": "gpt-4o"}
+    ticket = {"hold": "a1", "kh": "a" * 64, "held": "70", "estimate": "70", "model": "gpt-4o"}
     result = assess(ticket, usage or {}, code, parse_table({"gpt-4o": PRICE.to_json()}))
     assert result is not None
     assert result.outcome is outcome
@@ -340,7 +340,7 @@ def test_what_each_case_charges(
 
 def test_a_chat_stream_without_usage_is_charged_the_estimate() -> None:
     # Envoy still writes the chunks' "object" (a string): that is not unreadable usage.
-    ticket = {"hold": "h", "kh": "c" * 64, "held": "70", "estimate": "70", "model": "gpt-4o"}
+    ticket = {"hold": "c0", "kh": "c" * 64, "held": "70", "estimate": "70", "model": "gpt-4o"}
     fields = {"object": "chat.completion.chunk"}
     result = assess(ticket, fields, 200, parse_table({"gpt-4o": PRICE.to_json()}))
     assert result is not None
@@ -358,7 +358,7 @@ def test_a_chat_stream_without_usage_is_charged_the_estimate() -> None:
 def test_a_cut_anthropic_stream_is_charged_at_least_the_estimate(
     last_event: str, outcome: Outcome, charge: int
 ) -> None:
-    ticket = {"hold": "h", "kh": "d" * 64, "held": "500", "estimate": "500", "model": "claude-3",
+    ticket = {"hold": "c0", "kh": "d" * 64, "held": "500", "estimate": "500", "model": "claude-3",
               "dialect": "anthropic"}  # fmt: skip
     fields = {"input_tokens": 25.0, "output_tokens": 40.0, "type": last_event}
     result = assess(ticket, fields, 200, parse_table({"claude*": PRICE.to_json()}))
@@ -367,7 +367,7 @@ def test_a_cut_anthropic_stream_is_charged_at_least_the_estimate(
 
 
 def test_anthropic_usage_from_metadata() -> None:
-    ticket = {"hold": "h", "kh": "b" * 64, "held": "0", "estimate": "9", "model": "claude-3",
+    ticket = {"hold": "c0", "kh": "b" * 64, "held": "0", "estimate": "9", "model": "claude-3",
               "dialect": "anthropic"}  # fmt: skip
     usage = {"input_tokens": 10.0, "output_tokens": 5.0, "cache_read_input_tokens": 4.0}
     result = assess(ticket, usage, 200, parse_table({"claude*": PRICE.to_json()}))
@@ -381,9 +381,13 @@ def test_anthropic_usage_from_metadata() -> None:
     [
         {},
         {"hold": "h"},
-        {"hold": "h", "kh": "short", "held": "1", "estimate": "1"},
-        {"hold": "h", "kh": "a" * 64, "held": "-1", "estimate": "1"},
-        {"hold": "h", "kh": "a" * 64, "held": "1", "estimate": "1e3"},
+        {"hold": "c0", "kh": "short", "held": "1", "estimate": "1"},
+        {"hold": "c0", "kh": "a" * 64, "held": "-1", "estimate": "1"},
+        {"hold": "c0", "kh": "a" * 64, "held": "1", "estimate": "1e3"},
+        # Not a hold id keyguard mints (hex): a space would also break settle.lua's items.
+        {"hold": "c0 1", "kh": "a" * 64, "held": "1", "estimate": "1"},
+        {"hold": "C0", "kh": "a" * 64, "held": "1", "estimate": "1"},
+        {"hold": "c" * 65, "kh": "a" * 64, "held": "1", "estimate": "1"},
     ],
 )
 def test_an_unreadable_ticket_settles_nothing(ticket: dict[str, Any]) -> None:

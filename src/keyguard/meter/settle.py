@@ -22,6 +22,7 @@ no settlement at all                     nothing; the hold expires (KEYGUARD_HOL
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,10 @@ class Assessed:
     outcome: Outcome
     usage: Usage | None
     model_label: str  # the price-table pattern that priced it, or "other"
+
+
+# Hold ids are keyguard's own (hex); anything else in a ticket is not one of its holds.
+_HOLD_ID = re.compile(r"[0-9a-f]{1,64}").fullmatch
 
 
 def _text(meta: Mapping[str, Any], name: str) -> str:
@@ -95,7 +100,7 @@ def assess(
     """What one logged request costs; None when it carries no (readable) ticket."""
     hold_id, key_hash = _text(ticket, "hold"), _text(ticket, "kh")
     held, estimate = _credits(ticket, "held"), _credits(ticket, "estimate")
-    if not hold_id or len(key_hash) != 64 or held is None or estimate is None:
+    if not _HOLD_ID(hold_id) or len(key_hash) != 64 or held is None or estimate is None:
         return None
     model = _text(ticket, "model")
     matched = prices.match(model) if model else None

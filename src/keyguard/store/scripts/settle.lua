@@ -4,8 +4,9 @@
 -- KEYS[5] = kg:{H}:use:<UTC date> (today's usage history: "<model>|<kind>" -> count)
 -- ARGV[1] = how long (ms) a settled id is remembered, so a repeated delivery charges once
 -- ARGV[2] = how long (ms) a day of usage history is kept (0: none is written)
--- then 7 values per hold: id, credits held (0: none), credits to charge,
---   uncached input tokens, cached input tokens, output tokens, model (price pattern)
+-- then one value per hold, its fields separated by single spaces: id, credits held
+--   (0: none), credits to charge, uncached input tokens, cached input tokens, output
+--   tokens, model (price pattern; last, so it may hold anything)
 -- Returns one word per hold: 'settled' (its hold released), 'unheld' (no open hold:
 -- none was placed, or it had expired; charged all the same), 'duplicate' (charged before);
 -- then, when the balance crossed the key's low-balance threshold (alert_below: credits,
@@ -24,11 +25,15 @@ local exists = f[1] ~= false
 local out = {}
 local tokens = 0
 
-local ids, members = {}, {}
-for i = 3, #ARGV, 7 do
-  ids[#ids + 1] = ARGV[i]
+local ids, members, items = {}, {}, {}
+for i = 3, #ARGV do
+  local id, held, charge, tin, cached, tout, model =
+    string.match(ARGV[i], '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (.*)$')
+  if not id then return redis.error_reply('ERR keyguard settle: unreadable item') end
+  ids[#ids + 1] = id
   -- As spend.lua wrote the member: the id, ':', the amount as the caller sent it.
-  members[#members + 1] = ARGV[i] .. ':' .. ARGV[i + 1]
+  members[#members + 1] = id .. ':' .. held
+  items[#items + 1] = {held, charge, tin, cached, tout, model}
 end
 local before, open = {}, {}
 if #ids > 0 then
@@ -50,7 +55,7 @@ local function count(field, n)
 end
 
 for n = 1, #ids do
-  local i = 3 + (n - 1) * 7
+  local item = items[n]
   local id = ids[n]
   if before[n] or seen[id] then
     out[n] = 'duplicate'
@@ -58,8 +63,8 @@ for n = 1, #ids do
     seen[id] = true
     settled[#settled + 1] = now_ms
     settled[#settled + 1] = id
-    local amount = tonumber(ARGV[i + 1])
-    local charge = tonumber(ARGV[i + 2])
+    local amount = tonumber(item[1])
+    local charge = tonumber(item[2])
     if amount > 0 and open[n] then
       released[#released + 1] = members[n]
       freed = freed + amount
@@ -85,11 +90,11 @@ for n = 1, #ids do
           if f[4] == 'subscription' then cycle_used = cycle_used + charge end
         end
       end
-      local tin, cached, tout = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+      local tin, cached, tout = tonumber(item[3]), tonumber(item[4]), tonumber(item[5])
       tin_sum, cached_sum, tout_sum = tin_sum + tin, cached_sum + cached, tout_sum + tout
       tokens = tokens + tin + cached + tout
       if history_ms > 0 then
-        local model = ARGV[i + 6]
+        local model = item[6]
         count(model .. '|requests', 1)
         count(model .. '|input', tin)
         count(model .. '|cached', cached)
