@@ -25,15 +25,19 @@ local exists = f[1] ~= false
 local out = {}
 local tokens = 0
 
-local ids, members, items = {}, {}, {}
+-- One array per field (a table per hold would cost Redis more than the parsing).
+local ids, members, helds, charges, tins, cacheds, touts, models = {}, {}, {}, {}, {}, {}, {}, {}
+local match = string.match
 for i = 3, #ARGV do
+  local n = i - 2
   local id, held, charge, tin, cached, tout, model =
-    string.match(ARGV[i], '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (.*)$')
+    match(ARGV[i], '^(%S+) (%d+) (%d+) (%d+) (%d+) (%d+) (.*)$')
   if not id then return redis.error_reply('ERR keyguard settle: unreadable item') end
-  ids[#ids + 1] = id
+  ids[n] = id
   -- As spend.lua wrote the member: the id, ':', the amount as the caller sent it.
-  members[#members + 1] = id .. ':' .. held
-  items[#items + 1] = {held, charge, tin, cached, tout, model}
+  members[n] = id .. ':' .. held
+  helds[n], charges[n], models[n] = tonumber(held), tonumber(charge), model
+  tins[n], cacheds[n], touts[n] = tonumber(tin), tonumber(cached), tonumber(tout)
 end
 local before, open = {}, {}
 if #ids > 0 then
@@ -55,7 +59,6 @@ local function count(field, n)
 end
 
 for n = 1, #ids do
-  local item = items[n]
   local id = ids[n]
   if before[n] or seen[id] then
     out[n] = 'duplicate'
@@ -63,8 +66,8 @@ for n = 1, #ids do
     seen[id] = true
     settled[#settled + 1] = now_ms
     settled[#settled + 1] = id
-    local amount = tonumber(item[1])
-    local charge = tonumber(item[2])
+    local amount = helds[n]
+    local charge = charges[n]
     if amount > 0 and open[n] then
       released[#released + 1] = members[n]
       freed = freed + amount
@@ -90,11 +93,11 @@ for n = 1, #ids do
           if f[4] == 'subscription' then cycle_used = cycle_used + charge end
         end
       end
-      local tin, cached, tout = tonumber(item[3]), tonumber(item[4]), tonumber(item[5])
+      local tin, cached, tout = tins[n], cacheds[n], touts[n]
       tin_sum, cached_sum, tout_sum = tin_sum + tin, cached_sum + cached, tout_sum + tout
       tokens = tokens + tin + cached + tout
       if history_ms > 0 then
-        local model = item[6]
+        local model = models[n]
         count(model .. '|requests', 1)
         count(model .. '|input', tin)
         count(model .. '|cached', cached)
