@@ -69,10 +69,12 @@ def run(rig: Rig) -> dict[str, Any]:
         at_cap = next(rss for _, keys, rss in samples if keys >= neg_size)
         after_cap = max(0.0, (rss_end - at_cap) / (distinct - neg_size))
         rss_1m = rss_end + (target_keys - distinct) * after_cap
+        past = distinct - neg_size
         how = (
             f"past the negative cache's cap of {neg_size:,} entries RSS grew "
-            f"{after_cap:,.0f} B per key ({at_cap / MB:.1f} → {rss_end / MB:.1f} MB); "
-            f"1M = measured RSS + the remaining keys at that rate"
+            f"{after_cap:,.0f} B per key over {past:,} keys ({at_cap / MB:.1f} → "
+            f"{rss_end / MB:.1f} MB); 1M = measured RSS + the remaining keys at that rate"
+            + (" (a short window past the cap: a noisy rate)" if past < 20_000 else "")
         )
     else:
         per_entry = max(entry_bytes, growth)
