@@ -27,6 +27,7 @@ import redis
 
 from keyguard._proto.envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage
 from keyguard._proto.envoy.service.accesslog.v3.als_pb2_grpc import AccessLogServiceStub
+from keyguard.meter.ticket import parse_ticket
 from tests.support.certs import Pki, make_pki
 from tests.support.checks import check_request, http_status, reason
 from tests.support.grpc_client import Client, wait_until
@@ -221,7 +222,9 @@ def test_acl_user_meters_tokens_without_a_refusal(acl_redis: RedisServer, tmp_pa
             resp = client.check(check_request({"x-api-key": key["key"]}, body=body))
             assert (http_status(resp), reason(resp)) == (200, "ok")
             ticket = {k: v.string_value for k, v in resp.dynamic_metadata.fields.items()}
-            assert cli("show", key["id"], url=url)["held"] == int(ticket["held"]) > 0
+            fields = parse_ticket(ticket["hold"])
+            assert fields is not None, ticket
+            assert cli("show", key["id"], url=url)["held"] == int(fields["held"]) > 0
             send_access_log(
                 server.target, ticket, {"prompt_tokens": 10.0, "completion_tokens": 4.0}
             )
