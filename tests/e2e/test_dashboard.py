@@ -4,9 +4,13 @@ redis-server, keyguard, the demo upstream and Envoy (``running_http_stack``), pl
 ``keyguard admin serve`` on the same Redis; Debian's ``chromium`` driven by selenium
 through ``/usr/bin/chromedriver`` (given explicitly: Selenium Manager never runs, nothing
 is downloaded). In the page: sign in, create a key and read it once, use it through
-Envoy, disable it, and the next request is a 401. Also: a wrong token cannot sign in, a
-viewer has no write buttons and its writes are refused, a session's write without its
-CSRF token is refused, and signing out ends the session.
+Envoy, disable it, and the next request is a 401. Rotate a key: its new secret is shown
+once and works through Envoy, the old one works during its grace and is a 401 after it.
+Set, edit and remove a price, and create, edit and delete a plan, each read back through
+the API; a bad value shows the API's message and changes nothing. Also: a wrong token
+cannot sign in, a viewer has no write buttons (keys, prices, plans) and its writes are
+refused, a session's write without its CSRF token is refused, and signing out ends the
+session.
 
 ``KEYGUARD_SCREENSHOTS=docs/screenshots`` saves the README's screenshots there (PNG);
 otherwise they go to a temporary directory.
@@ -22,7 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,9 +146,37 @@ class Dashboard:
     def row(self, key_id: str) -> WebElement:
         return self.shown(f'#keys tr[data-id="{key_id}"]')
 
+    def row_in(self, view: str, name: str) -> WebElement:
+        """A row of the prices (by model) or plans (by name) table."""
+        attr = "data-model" if view == "prices" else "data-name"
+        return self.shown(f'#{view} tr[{attr}="{name}"]')
+
     def cookie(self, name: str) -> str | None:
         found = self.driver.get_cookie(name)
         return None if found is None else str(found["value"])
+
+    def open_view(self, view: str) -> None:
+        """Switch to a view by its tab and wait until its table is loaded."""
+        self.find(f"#tab-{view}").click()
+        self.wait(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-view") == view)
+        self.shown(f"#view-{view}")
+
+    def confirm(self, *words: str) -> None:
+        """Answer the confirmation dialog with yes, after checking that it names words."""
+        question = self.shown("#confirm-dialog")
+        for word in words:
+            assert word in question.text
+        self.find("#confirm-yes").click()
+        self.wait(lambda d: not d.find_element(By.ID, "confirm-dialog").is_displayed())
+
+    def api(self) -> httpx.Client:
+        """The admin API with the admin token (to read back what the page changed)."""
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.admin.token}"},
+            trust_env=False,
+            timeout=10,
+        )
 
     def session_http(self) -> httpx.Client:
         """An HTTP client holding the browser's session cookie (as a script can't)."""
@@ -159,17 +191,39 @@ def visible(driver: WebDriver, css: str) -> list[WebElement]:
     return [e for e in driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
 
 
+def fill(form: WebElement, **fields: str) -> None:
+    """Type each value into the form's field of that name (empty: leave it empty)."""
+    for name, value in fields.items():
+        field = form.find_element(By.NAME, name)
+        field.clear()
+        if value:
+            field.send_keys(value)
+
+
 def make_driver(profile: str) -> WebDriver:
     options = Options()
     options.binary_location = CHROMIUM
     for arg in CHROMIUM_ARGS:
         options.add_argument(arg)
     options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports, below
     service = Service(executable_path=CHROMEDRIVER)  # so Selenium Manager never runs
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(WAIT)
     driver.set_script_timeout(WAIT)
     return driver
+
+
+def csp_reports(driver: WebDriver) -> list[str]:
+    """What the page's CSP blocked (an inline script, handler or style attribute), as
+    Chromium logs it to the console: since the last call, across page loads."""
+    assert isinstance(driver, webdriver.Chrome)
+    get_log: Callable[[str], list[dict[str, Any]]] = driver.get_log  # untyped in selenium
+    return [
+        str(entry["message"])[:300]
+        for entry in get_log("browser")
+        if "Content Security Policy" in str(entry["message"])
+    ]
 
 
 @contextlib.contextmanager
@@ -259,6 +313,8 @@ def dash() -> Iterator[Dashboard]:
                 d.with_env = supports_env(url)
                 sample_keys(stack, d.with_env)
                 yield d
+                blocked = csp_reports(driver)
+                assert not blocked, blocked
             finally:
                 driver.quit()
         text = log.read_text(errors="replace")
@@ -467,13 +523,357 @@ def test_a_viewer_sees_no_write_buttons_and_its_writes_are_refused(dash: Dashboa
     assert "viewer" in dash.find("#whoami").text
     dash.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#keys tbody tr"))
     assert not visible(dash.driver, "#create-key")
-    for action in ("disable", "enable", "edit", "topup", "delete"):
+    for action in ("disable", "enable", "edit", "topup", "rotate", "delete"):
         assert not dash.driver.find_elements(By.CSS_SELECTOR, f'button[data-action="{action}"]')
     assert dash.driver.find_elements(By.CSS_SELECTOR, 'button[data-action="usage"]')
+
+    # Prices and plans: the viewer sees the tables, with no way to change them.
+    with dash.api() as api:
+        price = api.put("/v1/prices/viewer-model", json={"input": 5, "output": 6})
+        assert price.status_code == 200, price.text
+        plan = api.post("/v1/plans", json={"name": "viewer-plan", "quota": 10, "cycle": "1d"})
+        assert plan.status_code == 201, plan.text
+    dash.open_view("prices")
+    dash.shown('#prices tr[data-model="viewer-model"]')
+    assert not visible(dash.driver, "#set-price")
+    dash.open_view("plans")
+    dash.shown('#plans tr[data-name="viewer-plan"]')
+    assert not visible(dash.driver, "#create-plan")
+    for action in ("price-edit", "price-remove", "plan-edit", "plan-delete"):
+        assert not dash.driver.find_elements(By.CSS_SELECTOR, f'button[data-action="{action}"]')
+
     with dash.session_http() as http:
         csrf = http.get("/session").json()["csrf"]
-        refused = http.post("/v1/keys", json={"quota": 1}, headers={"X-CSRF-Token": csrf})
-        assert refused.status_code == 403 and "viewer" in refused.json()["detail"]
+        refused = [
+            http.post("/v1/keys", json={"quota": 1}, headers={"X-CSRF-Token": csrf}),
+            http.put(
+                "/v1/prices/viewer-model",
+                json={"input": 1, "output": 1},
+                headers={"X-CSRF-Token": csrf},
+            ),
+            http.delete("/v1/plans/viewer-plan", headers={"X-CSRF-Token": csrf}),
+        ]
+        for resp in refused:
+            assert resp.status_code == 403 and "viewer" in resp.json()["detail"]
+    with dash.api() as api:
+        assert api.get("/v1/prices/viewer-model").json()["input"] == 5
+        assert api.get("/v1/plans/viewer-plan").status_code == 200
+
+
+def rotate_in_page(
+    dash: Dashboard, key_id: str, grace: str, shot: str | None = None
+) -> tuple[str, str]:
+    """Rotate a key in the page with this grace: the new secret (read from the show-once
+    dialog, which is then closed) and what the dialog said of the previous secret."""
+    dash.row(key_id).find_element(By.CSS_SELECTOR, 'button[data-action="rotate"]').click()
+    form = dash.shown("#rotate-form")
+    assert form.find_element(By.NAME, "grace").get_attribute("value") == "0"  # the API's default
+    fill(form, grace=grace)
+    dash.find("#rotate-submit").click()
+    dash.confirm("Rotate", key_id, grace)
+    key_input = dash.shown("#created-key")
+    raw: str = dash.wait(lambda d: key_input.get_attribute("value") or False)
+    dash.secrets.append(raw)
+    assert "will not be shown again" in dash.find("#created-warning").text
+    assert key_id in dash.find("#created-info").text
+    previous = dash.shown("#created-grace").text
+    dash.find("#copy-key").click()
+    dash.wait(lambda d: d.find_element(By.ID, "copy-key").text == "Copied")
+    if shot:  # with the key's body blanked out, as for a created key
+        dash.driver.execute_script(
+            "arguments[0].value = arguments[0].value.slice(0, 7) + '•'.repeat(36);", key_input
+        )
+        dash.shot(shot)
+    dash.find("#created-done").click()
+    dash.wait(lambda d: not d.find_element(By.ID, "created-dialog").is_displayed())
+    assert raw not in dash.driver.page_source  # forgotten on close
+    return raw, previous
+
+
+def test_rotate_shows_the_new_secret_once_and_the_old_one_lasts_its_grace(
+    dash: Dashboard,
+) -> None:
+    old = dash.stack.key("--name", "rotating-bot", "--quota", "9000")
+    dash.secrets.append(old.key)
+    assert dash.stack.chat(old).status_code == 200
+    dash.sign_in(dash.admin)
+
+    # A bad grace is the API's one-line refusal, in the rotate dialog; nothing changes.
+    dash.row(old.id).find_element(By.CSS_SELECTOR, 'button[data-action="rotate"]').click()
+    fill(dash.shown("#rotate-form"), grace="31d")
+    dash.find("#rotate-submit").click()
+    dash.confirm("Rotate")
+    error = dash.wait(lambda d: d.find_element(By.CSS_SELECTOR, "#rotate-form .error").text)
+    assert error == "grace: grace '31d' is longer than 30d"
+    assert dash.find("#rotate-form").is_displayed()
+    dash.find("#rotate-form [data-close]").click()
+    with dash.api() as api:
+        assert "rotated_at" not in api.get(f"/v1/keys/{old.id}").json()
+
+    # Rotate with a grace of an hour: the new secret is shown once, with the grace's end.
+    new_raw, previous = rotate_in_page(dash, old.id, "1h", shot="dashboard-rotated-key.png")
+    assert new_raw.startswith("sk-") and new_raw != old.key
+    with dash.api() as api:
+        grace_until = api.get(f"/v1/keys/{old.id}").json()["grace_until"]
+    ends = dt.datetime.fromisoformat(grace_until.replace("Z", "+00:00"))
+    assert 3500 < (ends - dt.datetime.now(dt.UTC)).total_seconds() <= 3600
+    assert previous == f"The previous secret keeps working until {ends:%Y-%m-%d %H:%M:%S} UTC."
+    new = Key(id=old.id, key=new_raw, type=old.type)
+    resp = dash.stack.chat(new)
+    assert resp.status_code == 200, resp.text[:300]
+    resp = dash.stack.chat(old)  # in its grace
+    assert resp.status_code == 200, resp.text[:300]
+
+    # A reload never shows the new secret again, and the page kept it nowhere.
+    dash.driver.refresh()
+    dash.wait_ready()
+    dash.row(old.id)
+    assert new_raw not in dash.driver.page_source
+    assert not visible(dash.driver, "#created-dialog")
+    stored = dash.driver.execute_script(
+        "return JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)]);"
+    )
+    assert new_raw not in stored and old.key not in stored
+
+    # Rotate again with a short grace: the first secret, still in its grace, ends at once;
+    # the second ends when its grace does.
+    newest_raw, previous = rotate_in_page(dash, old.id, "2s")
+    assert "keeps working until" in previous
+    newest = Key(id=old.id, key=newest_raw, type=old.type)
+    resp = dash.stack.chat(newest)
+    assert resp.status_code == 200, resp.text[:300]
+    resp = dash.stack.eventually(lambda: dash.stack.chat(old), 401)
+    assert resp.status_code == 401, resp.text[:300]
+    resp = dash.stack.eventually(lambda: dash.stack.chat(new), 401, timeout=10.0)
+    assert resp.status_code == 401, resp.text[:300]
+    resp = dash.stack.chat(newest)
+    assert resp.status_code == 200, resp.text[:300]
+
+    # The audit trail names the admin token as the actor of both rotations.
+    with dash.api() as api:
+        audit = api.get("/v1/audit", params={"key": old.id}).json()["items"]
+    rotations = [(e["actor"], e["fields"]) for e in audit if e["action"] == "key.rotate"]
+    assert rotations == [
+        (f"token:{dash.admin.id}", {"grace": "1h"}),
+        (f"token:{dash.admin.id}", {"grace": "2s"}),
+    ]
+
+
+PRICE = {
+    "input": "2500000",
+    "output": "10000000",
+    "cached_input": "1250000",
+    "cache_write": "3125000",
+    "per_request": "7",
+    "max_output": "4096",
+}
+
+
+def test_set_edit_refuse_and_remove_a_price_in_the_page(dash: Dashboard) -> None:
+    model = "dash-model-2025*"
+    path = f"/v1/prices/{model}"
+    dash.sign_in(dash.admin)
+    dash.open_view("prices")
+
+    # A new price with a bad value is refused by the API, which says why; nothing is set.
+    dash.find("#set-price").click()
+    form = dash.shown("#price-form")
+    fill(form, model=model, **{**PRICE, "input": "-5"})
+    dash.find("#price-submit").click()
+    error = dash.wait(lambda d: d.find_element(By.CSS_SELECTOR, "#price-form .error").text)
+    assert error == "input: -5 is negative; use 0 or more"
+    with dash.api() as api:
+        assert api.get(path).status_code == 404
+
+    # Set it, with every field.
+    fill(form, input=PRICE["input"])
+    dash.find("#price-submit").click()
+    dash.wait(lambda d: not d.find_element(By.ID, "price-dialog").is_displayed())
+    row = dash.shown(f'#prices tr[data-model="{model}"]')
+    assert "2,500,000" in row.text and "4,096" in row.text
+    with dash.api() as api:
+        got = api.get(path).json()
+    assert got == {"model": model, **{name: int(value) for name, value in PRICE.items()}}
+    dash.shot("dashboard-prices.png")
+
+    # Edit it: the dialog holds the current price; the whole price is replaced.
+    row.find_element(By.CSS_SELECTOR, 'button[data-action="price-edit"]').click()
+    form = dash.shown("#price-form")
+    assert form.find_element(By.NAME, "model").get_attribute("readonly") is not None
+    current = {name: form.find_element(By.NAME, name).get_attribute("value") for name in PRICE}
+    assert current == PRICE
+    fill(form, input="3000000", per_request="0", max_output="")
+    dash.find("#price-submit").click()
+    dash.wait(
+        lambda d: "3,000,000" in d.find_element(By.CSS_SELECTOR, f'tr[data-model="{model}"]').text
+    )
+    edited = {
+        "model": model,
+        **{name: int(value) for name, value in PRICE.items()},
+        "input": 3000000,
+        "per_request": 0,
+        "max_output": None,
+    }
+    with dash.api() as api:
+        assert api.get(path).json() == edited
+
+    # A negative or fractional value in an edit: the API's message, nothing changed.
+    for field, bad, message in (
+        ("output", "-1", "output: -1 is negative; use 0 or more"),
+        ("cache_write", "1.5", "cache_write: Input should be a valid integer"),
+    ):
+        dash.row_in("prices", model).find_element(
+            By.CSS_SELECTOR, 'button[data-action="price-edit"]'
+        ).click()
+        form = dash.shown("#price-form")
+        fill(form, **{field: bad})
+        dash.find("#price-submit").click()
+        error = dash.wait(lambda d: d.find_element(By.CSS_SELECTOR, "#price-form .error").text)
+        assert error.startswith(message), error
+        assert "Traceback" not in error and "\n" not in error
+        form.find_element(By.CSS_SELECTOR, "[data-close]").click()
+        dash.wait(lambda d: not d.find_element(By.ID, "price-dialog").is_displayed())
+        with dash.api() as api:
+            assert api.get(path).json() == edited
+    assert "3,000,000" in dash.row_in("prices", model).text
+
+    # Remove it, after a confirmation.
+    dash.row_in("prices", model).find_element(
+        By.CSS_SELECTOR, 'button[data-action="price-remove"]'
+    ).click()
+    dash.confirm("Remove", model)
+    dash.wait(lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr[data-model="{model}"]'))
+    assert f"Removed the price of {model}." in dash.shown("#message").text
+    with dash.api() as api:
+        assert api.get(path).status_code == 404
+
+
+def test_create_edit_and_delete_a_plan_in_the_page(dash: Dashboard) -> None:
+    name = "dash-pro"
+    dash.sign_in(dash.admin)
+    dash.open_view("plans")
+
+    # Create it, with every field.
+    dash.find("#create-plan").click()
+    form = dash.shown("#plan-form")
+    fill(
+        form,
+        name=name,
+        quota="50000",
+        cycle="30d",
+        models="gpt-4o-mini, gpt-4o",
+        rpm="60",
+        tpm="",
+        alert_below="10%",
+    )
+    form.find_element(By.NAME, "payg").click()
+    dash.find("#plan-submit").click()
+    dash.wait(lambda d: not d.find_element(By.ID, "plan-dialog").is_displayed())
+    row = dash.shown(f'#plans tr[data-name="{name}"]')
+    assert "50,000" in row.text and "gpt-4o-mini, gpt-4o" in row.text
+    with dash.api() as api:
+        got = api.get(f"/v1/plans/{name}").json()
+    created_at = got.pop("created_at")
+    assert created_at
+    assert got == {
+        "name": name,
+        "quota": 50000,
+        "cycle": "30d",
+        "models": ["gpt-4o-mini", "gpt-4o"],
+        "rpm": 60,
+        "tpm": None,
+        "payg": True,
+        "alert_below": "10%",
+        "keys": 0,
+    }
+    dash.shot("dashboard-plans.png")
+
+    # Creating it again is the API's 409, shown in the dialog.
+    dash.find("#create-plan").click()
+    form = dash.shown("#plan-form")
+    fill(form, name=name, quota="1", cycle="1d")
+    dash.find("#plan-submit").click()
+    error = dash.wait(lambda d: d.find_element(By.CSS_SELECTOR, "#plan-form .error").text)
+    assert error == f"plan {name!r} already exists; change it with plans set"
+    form.find_element(By.CSS_SELECTOR, "[data-close]").click()
+
+    # A bad value in an edit: the API's message, nothing changed.
+    dash.row_in("plans", name).find_element(
+        By.CSS_SELECTOR, 'button[data-action="plan-edit"]'
+    ).click()
+    form = dash.shown("#plan-form")
+    assert form.find_element(By.NAME, "quota").get_attribute("value") == "50000"
+    fill(form, quota="-5", rpm="120")
+    dash.find("#plan-submit").click()
+    error = dash.wait(lambda d: d.find_element(By.CSS_SELECTOR, "#plan-form .error").text)
+    assert error == "quota: '-5' is negative; use 0 or more"
+    form.find_element(By.CSS_SELECTOR, "[data-close]").click()
+    with dash.api() as api:
+        assert {**api.get(f"/v1/plans/{name}").json(), "created_at": created_at} == {
+            **got,
+            "created_at": created_at,
+        }
+
+    # Edit it: only the fields changed are sent, and the API has them.
+    dash.row_in("plans", name).find_element(
+        By.CSS_SELECTOR, 'button[data-action="plan-edit"]'
+    ).click()
+    form = dash.shown("#plan-form")
+    fill(form, quota="75000", cycle="12h", models="", rpm="0", tpm="5000", alert_below="")
+    form.find_element(By.NAME, "payg").click()
+    dash.find("#plan-submit").click()
+    dash.wait(lambda d: not d.find_element(By.ID, "plan-dialog").is_displayed())
+    dash.wait(lambda d: "75,000" in d.find_element(By.CSS_SELECTOR, f'tr[data-name="{name}"]').text)
+    with dash.api() as api:
+        edited = api.get(f"/v1/plans/{name}").json()
+    assert edited == {
+        "name": name,
+        "quota": 75000,
+        "cycle": "12h",
+        "models": None,
+        "rpm": None,
+        "tpm": 5000,
+        "payg": False,
+        "alert_below": None,
+        "keys": 0,
+        "created_at": created_at,
+    }
+
+    # Deleting it while a key follows it is refused (409): the page says why.
+    key = dash.stack.key("--name", "on-dash-pro", "--plan", name)
+    dash.secrets.append(key.key)
+    dash.find("#plans-refresh").click()
+    dash.wait(
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, f'tr[data-name="{name}"] td:nth-child(9)').text == "1"
+        )
+    )
+    dash.row_in("plans", name).find_element(
+        By.CSS_SELECTOR, 'button[data-action="plan-delete"]'
+    ).click()
+    dash.confirm("Delete", name, "1 key(s) still follow it")
+    message = dash.wait(lambda d: d.find_element(By.CSS_SELECTOR, "#message.bad").text)
+    assert message.startswith(f"Delete plan {name}: plan {name!r} still has 1 key(s)")
+    with dash.api() as api:
+        assert api.get(f"/v1/plans/{name}").status_code == 200
+        assert api.delete(f"/v1/keys/{key.id}").status_code == 200
+
+    # Without keys it goes, after a confirmation.
+    dash.find("#plans-refresh").click()
+    dash.wait(
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, f'tr[data-name="{name}"] td:nth-child(9)').text == "0"
+        )
+    )
+    dash.row_in("plans", name).find_element(
+        By.CSS_SELECTOR, 'button[data-action="plan-delete"]'
+    ).click()
+    dash.confirm("Delete", name, "cannot be undone")
+    dash.wait(lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr[data-name="{name}"]'))
+    with dash.api() as api:
+        assert api.get(f"/v1/plans/{name}").status_code == 404
+        actions = [e["action"] for e in api.get("/v1/audit", params={"key": name}).json()["items"]]
+    assert actions == ["plan.create", "plan.edit", "plan.delete"]
 
 
 def test_signing_out_ends_the_session(dash: Dashboard) -> None:

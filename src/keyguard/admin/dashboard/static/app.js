@@ -1,4 +1,5 @@
-// keyguard dashboard: the keys table, its dialogs and a usage chart, over the JSON API.
+// keyguard dashboard: the keys table, its dialogs and a usage chart, the price table and
+// the plans, over the JSON API.
 // Plain DOM (no innerHTML with data), so nothing a key's name holds can become markup.
 "use strict";
 
@@ -8,7 +9,9 @@
   const PALETTE = ["#2952cc", "#e8871e", "#2e9e6a", "#c2417a", "#7a5bd1", "#1f9bb5",
     "#b8860b", "#d64541", "#5f6b7a", "#8fb339"];
 
-  const state = { session: null, keys: [], usageFor: null, usageRows: [] };
+  const state = { session: null, keys: [], prices: [], plans: [], usageFor: null,
+    usageRows: [] };
+  const VIEWS = { keys: "Keys", prices: "Prices", plans: "Plans" };
 
   // --- the API -------------------------------------------------------------------------
 
@@ -40,17 +43,20 @@
     return data;
   }
 
-  async function allKeys() {
+  async function allPages(path) {
+    // Every item of a paged list (/v1/keys, /v1/prices, /v1/plans), page after page.
     const out = [];
     let cursor = null;
     do {
       const query = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
-      const page = await api("GET", `/v1/keys?limit=1000${query}`);
+      const page = await api("GET", `${path}?limit=1000${query}`);
       out.push(...page.items);
       cursor = page.next_cursor;
     } while (cursor);
     return out;
   }
+
+  const allKeys = () => allPages("/v1/keys");
 
   // --- small helpers -------------------------------------------------------------------
 
@@ -118,23 +124,25 @@
     return number(key.remaining);
   }
 
-  function actionButton(label, action, key, kind = "") {
+  function actionButton(label, action, id, kind = "") {
+    // id: the key id, model pattern or plan name the button acts on.
     return el("button", { type: "button", class: `small ${kind}`, text: label,
-      "data-action": action, "data-id": key.id });
+      "data-action": action, "data-id": id });
   }
 
   function row(key) {
     const status = statusOf(key);
     const actions = el("td", { class: "actions" });
-    actions.append(actionButton("Usage", "usage", key, "ghost"));
+    actions.append(actionButton("Usage", "usage", key.id, "ghost"));
     if (isCreator()) {
       actions.append(
         key.status === "active"
-          ? actionButton("Disable", "disable", key, "warn")
-          : actionButton("Enable", "enable", key),
-        actionButton("Edit", "edit", key, "ghost"),
-        actionButton("Top up", "topup", key, "ghost"),
-        actionButton("Delete", "delete", key, "danger"),
+          ? actionButton("Disable", "disable", key.id, "warn")
+          : actionButton("Enable", "enable", key.id),
+        actionButton("Edit", "edit", key.id, "ghost"),
+        actionButton("Top up", "topup", key.id, "ghost"),
+        actionButton("Rotate", "rotate", key.id, "ghost"),
+        actionButton("Delete", "delete", key.id, "danger"),
       );
     }
     const tr = el("tr", { "data-id": key.id },
@@ -224,14 +232,31 @@
     return body;
   }
 
-  function showCreated(created) {
+  function showSecret(title, secret, info, grace = "") {
+    // The show-once dialog, for a created key and a rotated one alike.
     const input = $("#created-key");
-    input.value = created.key;
-    $("#created-info").textContent = `${created.name || "(no name)"} · ${created.id} · ${created.type}`;
+    input.value = secret;
+    $("#created-title").textContent = title;
+    $("#created-info").textContent = info;
+    $("#created-grace").textContent = grace;
+    $("#created-grace").hidden = !grace;
     $("#copy-key").textContent = "Copy";
     $("#created-dialog").showModal();
     input.focus();
     input.select();
+  }
+
+  function showCreated(created) {
+    showSecret("Your new key", created.key,
+      `${created.name || "(no name)"} · ${created.id} · ${created.type}`);
+  }
+
+  function showRotated(key, rotated, grace) {
+    const previous = grace === "0" || !rotated.grace_until
+      ? "The previous secret stopped working at once."
+      : `The previous secret keeps working until ${when(rotated.grace_until)}.`;
+    showSecret(`The new secret of ${key.name || key.id}`, rotated.key,
+      `${key.name || "(no name)"} · ${rotated.id} · ${key.type}`, previous);
   }
 
   async function copyKey() {
@@ -249,6 +274,7 @@
     // The key lives only in this input while the dialog is open; nothing else keeps it.
     $("#created-key").value = "";
     $("#created-info").textContent = "";
+    $("#created-grace").textContent = "";
   }
 
   const editFields = ["name", "quota", "unlimited", "expires", "models", "allowed_ips", "rpm",
@@ -410,6 +436,304 @@
     $("#usage").scrollIntoView({ block: "nearest" });
   }
 
+  // --- rotation ------------------------------------------------------------------------
+
+  function openRotate(key) {
+    const form = $("#rotate-form");
+    form.reset();  // the grace goes back to the API's default, 0
+    form.dataset.id = key.id;
+    formError(form, "");
+    $("#rotate-title").textContent = `Rotate ${key.name || key.id}`;
+    $("#rotate-dialog").showModal();
+  }
+
+  async function rotate(form) {
+    const key = state.keys.find((k) => k.id === form.dataset.id);
+    if (!key) return $("#rotate-dialog").close();
+    const label = key.name ? `${key.name} (${key.id})` : key.id;
+    const grace = form.elements.grace.value.trim() || "0";
+    const previous = grace === "0"
+      ? "the current secret stops working at once"
+      : `the current secret keeps working for ${grace}`;
+    $("#rotate-dialog").close();
+    const question = `Rotate ${label}? It gets a new secret, shown once; ${previous}.`;
+    if (!(await confirmAction(question, "Rotate"))) return;
+    try {
+      const rotated = await api("POST", `/v1/keys/${encodeURIComponent(key.id)}/rotate`,
+        { grace });
+      showRotated(key, rotated, grace);
+      say(`Rotated ${label}.`);
+      reload();
+    } catch (err) {
+      if (err.status === 401) return;
+      // Back to the grace, with the API's reason: nothing was changed.
+      formError(form, err.message);
+      $("#rotate-dialog").showModal();
+    }
+  }
+
+  // --- the price table -----------------------------------------------------------------
+
+  const PRICE_FIELDS = ["input", "output", "cached_input", "cache_write", "per_request",
+    "max_output"];
+
+  function wholeNumber(text) {
+    // A whole number as a JSON number; other text is sent as it is, for the API to refuse
+    // with its own message. Empty: not given.
+    const value = text.trim();
+    if (value === "") return undefined;
+    return /^-?\d+$/.test(value) ? Number(value) : value;
+  }
+
+  function priceRow(price) {
+    const actions = el("td", { class: "actions" });
+    if (isCreator()) {
+      actions.append(
+        actionButton("Edit", "price-edit", price.model, "ghost"),
+        actionButton("Remove", "price-remove", price.model, "danger"),
+      );
+    }
+    const amount = (name) => el("td", { class: "num", "data-field": name,
+      text: number(price[name]) });
+    return el("tr", { "data-model": price.model },
+      el("td", { class: "mono name", text: price.model }),
+      ...PRICE_FIELDS.map(amount),
+      actions,
+    );
+  }
+
+  function renderPrices() {
+    $("#prices tbody").replaceChildren(...state.prices.map(priceRow));
+    $("#prices-empty").hidden = state.prices.length > 0;
+    const n = state.prices.length;
+    $("#prices-count").textContent = `${n} ${n === 1 ? "price" : "prices"}`;
+  }
+
+  async function reloadPrices() {
+    try {
+      state.prices = await allPages("/v1/prices");
+      renderPrices();
+    } catch (err) {
+      if (err.status !== 401) say(`Could not load the prices: ${err.message}`, "bad");
+    }
+  }
+
+  function openPrice(price) {
+    const form = $("#price-form");
+    form.reset();
+    formError(form, "");
+    const f = form.elements;
+    f.model.readOnly = Boolean(price);
+    f.model.value = price ? price.model : "";
+    for (const name of PRICE_FIELDS) {
+      f[name].value = price && price[name] !== null ? String(price[name]) : "";
+    }
+    $("#price-title").textContent = price ? `Price of ${price.model}` : "Set Price";
+    $("#price-dialog").showModal();
+    (price ? f.input : f.model).focus();
+  }
+
+  function priceBody(form) {
+    const body = {};
+    for (const name of PRICE_FIELDS) {
+      const value = wholeNumber(form.elements[name].value);
+      if (value !== undefined) body[name] = value;
+    }
+    return body;
+  }
+
+  async function savePrice(form) {
+    const model = form.elements.model.value.trim();
+    try {
+      const saved = await api("PUT", `/v1/prices/${encodeURIComponent(model)}`,
+        priceBody(form));
+      $("#price-dialog").close();
+      say(`Saved the price of ${saved.model}.`);
+      await reloadPrices();
+    } catch (err) {
+      formError(form, err.message);
+    }
+  }
+
+  async function removePrice(model) {
+    const question = `Remove the price of ${model}? The models it priced fall back to a` +
+      " broader pattern (gpt-4o*, *), or have no price.";
+    if (!(await confirmAction(question, "Remove"))) return;
+    try {
+      await api("DELETE", `/v1/prices/${encodeURIComponent(model)}`);
+      say(`Removed the price of ${model}.`);
+      await reloadPrices();
+    } catch (err) {
+      if (err.status !== 401) say(`Remove ${model}: ${err.message}`, "bad");
+    }
+  }
+
+  // --- plans ---------------------------------------------------------------------------
+
+  const PLAN_FIELDS = ["quota", "cycle", "models", "rpm", "tpm", "alert_below", "payg"];
+
+  function planRow(plan) {
+    const actions = el("td", { class: "actions" });
+    if (isCreator()) {
+      actions.append(
+        actionButton("Edit", "plan-edit", plan.name, "ghost"),
+        actionButton("Delete", "plan-delete", plan.name, "danger"),
+      );
+    }
+    return el("tr", { "data-name": plan.name },
+      el("td", { class: "name", text: plan.name }),
+      el("td", { class: "num", text: number(plan.quota) }),
+      el("td", { text: plan.cycle }),
+      el("td", { text: plan.models ? plan.models.join(", ") : "all" }),
+      el("td", { class: "num", text: plan.rpm ? number(plan.rpm) : "no limit" }),
+      el("td", { class: "num", text: plan.tpm ? number(plan.tpm) : "no limit" }),
+      el("td", { text: plan.payg ? "yes" : "no" }),
+      el("td", { text: plan.alert_below || DASH }),
+      el("td", { class: "num", text: number(plan.keys) }),
+      el("td", { text: day(plan.created_at) }),
+      actions,
+    );
+  }
+
+  function renderPlans() {
+    $("#plans tbody").replaceChildren(...state.plans.map(planRow));
+    $("#plans-empty").hidden = state.plans.length > 0;
+    const n = state.plans.length;
+    $("#plans-count").textContent = `${n} ${n === 1 ? "plan" : "plans"}`;
+  }
+
+  async function reloadPlans() {
+    try {
+      state.plans = await allPages("/v1/plans");
+      renderPlans();
+    } catch (err) {
+      if (err.status !== 401) say(`Could not load the plans: ${err.message}`, "bad");
+    }
+  }
+
+  function planValues(plan) {
+    return {
+      quota: String(plan.quota),
+      cycle: plan.cycle,
+      models: plan.models ? plan.models.join(", ") : "*",
+      rpm: String(plan.rpm || 0),
+      tpm: String(plan.tpm || 0),
+      alert_below: plan.alert_below || "",
+      payg: Boolean(plan.payg),
+    };
+  }
+
+  function openPlan(plan) {
+    const form = $("#plan-form");
+    form.reset();
+    formError(form, "");
+    const f = form.elements;
+    f.name.readOnly = Boolean(plan);
+    form.initial = plan ? planValues(plan) : null;
+    form.dataset.name = plan ? plan.name : "";
+    if (plan) {
+      f.name.value = plan.name;
+      for (const name of PLAN_FIELDS) {
+        if (f[name].type === "checkbox") f[name].checked = form.initial[name];
+        else f[name].value = form.initial[name];
+      }
+    }
+    $("#plan-title").textContent = plan ? `Edit plan ${plan.name}` : "Create Plan";
+    $("#plan-submit").textContent = plan ? "Save" : "Create plan";
+    $("#plan-note").textContent = plan
+      ? "Only the fields you change are sent. Models, rate limits and pay-as-you-go reach" +
+        " the plan's keys at once; a new quota or cycle from each key's next cycle."
+      : "Quota and cycle are needed; keys are put on a plan from the Keys view or the CLI.";
+    $("#plan-dialog").showModal();
+    (plan ? f.quota : f.name).focus();
+  }
+
+  function planBody(form) {
+    const f = form.elements;
+    const body = {};
+    if (!form.initial) {  // a new plan: what is filled in
+      body.name = f.name.value.trim();
+      for (const name of ["quota", "rpm", "tpm"]) {
+        const value = wholeNumber(f[name].value);
+        if (value !== undefined) body[name] = value;
+      }
+      for (const name of ["cycle", "alert_below"]) {
+        const value = f[name].value.trim();
+        if (value) body[name] = value;
+      }
+      const models = listField(f.models.value);
+      if (models.length) body.models = models;
+      if (f.payg.checked) body.payg = true;
+      return body;
+    }
+    for (const name of PLAN_FIELDS) {  // an edit: what changed
+      const input = f[name];
+      const value = input.type === "checkbox" ? input.checked : input.value.trim();
+      if (value === form.initial[name]) continue;
+      if (name === "quota") body.quota = wholeNumber(value) ?? value;
+      else if (name === "rpm" || name === "tpm") body[name] = value === "" ? 0 : wholeNumber(value);
+      else if (name === "models") body.models = listField(value || "*");
+      else body[name] = value;  // cycle, alert_below ("" removes it), payg
+    }
+    return body;
+  }
+
+  async function savePlan(form) {
+    const editing = Boolean(form.initial);
+    const body = planBody(form);
+    if (editing && !Object.keys(body).length) return $("#plan-dialog").close();
+    try {
+      const plan = editing
+        ? await api("PATCH", `/v1/plans/${encodeURIComponent(form.dataset.name)}`, body)
+        : await api("POST", "/v1/plans", body);
+      $("#plan-dialog").close();
+      say(`${editing ? "Saved" : "Created"} plan ${plan.name}.`);
+      await reloadPlans();
+    } catch (err) {
+      formError(form, err.message);
+    }
+  }
+
+  async function deletePlan(plan) {
+    const following = plan.keys
+      ? ` ${number(plan.keys)} key(s) still follow it: move or revoke them first.`
+      : " This cannot be undone.";
+    if (!(await confirmAction(`Delete plan ${plan.name}?${following}`, "Delete"))) return;
+    try {
+      await api("DELETE", `/v1/plans/${encodeURIComponent(plan.name)}`);
+      say(`Deleted plan ${plan.name}.`);
+      await reloadPlans();
+    } catch (err) {
+      if (err.status === 401) return;
+      await reloadPlans();  // its count of keys may have changed meanwhile
+      say(`Delete plan ${plan.name}: ${err.message}`, "bad");
+    }
+  }
+
+  // --- views ---------------------------------------------------------------------------
+
+  const LOADERS = { keys: () => reload(), prices: reloadPrices, plans: reloadPlans };
+
+  function currentView() {
+    const name = window.location.hash.slice(1);
+    return Object.hasOwn(VIEWS, name) ? name : "keys";
+  }
+
+  async function showView() {
+    const view = currentView();
+    for (const panel of document.querySelectorAll("section.view")) {
+      panel.hidden = panel.dataset.view !== view;
+    }
+    for (const tab of document.querySelectorAll(".tabs a")) {
+      if (tab.dataset.view === view) tab.setAttribute("aria-current", "page");
+      else tab.removeAttribute("aria-current");
+    }
+    document.title = `${VIEWS[view]} · keyguard`;
+    say("");
+    await LOADERS[view]();
+    document.body.dataset.view = view;
+  }
+
   // --- actions -------------------------------------------------------------------------
 
   async function act(action, key) {
@@ -417,6 +741,7 @@
     try {
       if (action === "usage") return showUsage(key);
       if (action === "edit") return openEdit(key);
+      if (action === "rotate") return openRotate(key);
       if (action === "topup") {
         const form = $("#topup-form");
         form.reset();
@@ -514,6 +839,42 @@
         formError(form, err.message);
       }
     });
+    $("#rotate-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      rotate(event.target);
+    });
+
+    $("#prices-refresh").addEventListener("click", () => { say(""); reloadPrices(); });
+    $("#set-price").addEventListener("click", () => openPrice(null));
+    $("#prices tbody").addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-action]");
+      if (!button) return;
+      const price = state.prices.find((p) => p.model === button.dataset.id);
+      if (!price) return;
+      if (button.dataset.action === "price-edit") openPrice(price);
+      else if (button.dataset.action === "price-remove") removePrice(price.model);
+    });
+    $("#price-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      savePrice(event.target);
+    });
+
+    $("#plans-refresh").addEventListener("click", () => { say(""); reloadPlans(); });
+    $("#create-plan").addEventListener("click", () => openPlan(null));
+    $("#plans tbody").addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-action]");
+      if (!button) return;
+      const plan = state.plans.find((p) => p.name === button.dataset.id);
+      if (!plan) return;
+      if (button.dataset.action === "plan-edit") openPlan(plan);
+      else if (button.dataset.action === "plan-delete") deletePlan(plan);
+    });
+    $("#plan-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      savePlan(event.target);
+    });
+    window.addEventListener("hashchange", showView);
+
     $("#usage-metric").addEventListener("change", drawUsage);
     $("#usage-close").addEventListener("click", () => {
       $("#usage").hidden = true;
@@ -530,10 +891,10 @@
     state.session = await resp.json();
     $("#logout-csrf").value = state.session.csrf;
     $("#whoami").textContent = `${state.session.token_id} · ${state.session.role}`;
-    $("#create-key").hidden = !isCreator();
+    for (const id of ["create-key", "set-price", "create-plan"]) $(`#${id}`).hidden = !isCreator();
     document.body.dataset.role = state.session.role;
     wire();
-    await reload();
+    await showView();
     document.body.dataset.ready = "1";
   }
 
