@@ -306,6 +306,13 @@ def test_openapi_document_is_public_and_documents_problems(api: Admin) -> None:
 
 BAD_BODIES: dict[str, tuple[str, str, Any, int, str]] = {
     "unknown field": ("POST", "/v1/keys", {"quota": 1, "colour": "red"}, 400, "'colour'"),
+    "rotate in an edit": (
+        "PATCH",
+        "/v1/keys/{id}",
+        {"rotate": True},
+        400,
+        "unknown field 'rotate': rotate a key with POST /v1/keys/{id}/rotate",
+    ),
     "unknown plan": ("POST", "/v1/keys", {"plan": "gold"}, 404, "no plan named 'gold'"),
     "bad alert_below": (
         "PATCH",

@@ -26,9 +26,9 @@ from keyguard.errors import InvalidChange, KeyguardError, KeyringError, Settings
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("keyguard.admin")
 
-# Body fields of features that are designed but not built yet: refused by name rather
-# than ignored.
-NOT_SUPPORTED_YET = frozenset({"rotate"})
+# Body fields that people try where another route does the job: refused with a pointer
+# to that route rather than a bare "unknown field".
+ELSEWHERE = {"rotate": "rotate a key with POST /v1/keys/{id}/rotate"}
 
 
 class Problem(BaseModel):
@@ -77,8 +77,8 @@ def validation_detail(errors: Sequence[Any]) -> str:
         where = f" at position {loc[1]}" if len(loc) > 1 else ""
         return f"malformed JSON: {reason}{where}"
     if kind == "extra_forbidden":
-        if field in NOT_SUPPORTED_YET:
-            return f"field {field!r} is not supported yet"
+        if field in ELSEWHERE:
+            return f"unknown field {field!r}: {ELSEWHERE[field]}"
         return f"unknown field {field!r}"
     if kind == "missing":
         return f"missing field {field!r}" if loc[:1] == ("body",) else f"missing {field!r}"
