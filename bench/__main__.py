@@ -1,7 +1,8 @@
 """`python -m bench [--quick] [--out DIR]`: measure keyguard against the floor and the limit.
 
-Writes <date>.json, <date>.md and <date>.png to bench/results/ (or DIR). A full run takes
-2-4 minutes; --quick runs every section with fewer and shorter loads in under 30 s.
+Writes <date>.json, <date>.md and <date>.png to bench/results/ (or DIR); a second run the
+same day writes <date>-2.*. A full run takes 6-8 minutes on 2 CPUs; --quick runs every
+section with fewer and shorter loads in under 30 s.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--flood-seconds",
         type=float,
-        help="time allowed to the unknown-key flood (default 50, quick 2); about 400 s sends "
+        help="time allowed to the unknown-key flood (default 80, quick 2); about 400 s sends "
         "all 1,000,000 keys on 2 CPUs instead of extrapolating",
     )
     args = parser.parse_args(argv)
