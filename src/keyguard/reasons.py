@@ -26,6 +26,7 @@ class Reason(enum.StrEnum):
     INSUFFICIENT_QUOTA = "insufficient_quota"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
     STORE_UNAVAILABLE = "store_unavailable"
+    CHECK_TOO_LATE = "check_too_late"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -131,6 +132,15 @@ OUTCOMES: dict[Reason, Outcome] = {
         "server_error",
         "api_error",
         "The API key store is unavailable. Please retry shortly.",
+    ),
+    # Envoy's deadline for the Check passed before keyguard got to spend: Envoy has
+    # already answered the client (its timeout), so nothing is spent or held.
+    Reason.CHECK_TOO_LATE: Outcome(
+        503,
+        GrpcCode.UNAVAILABLE,
+        "server_error",
+        "api_error",
+        "The authorization service is overloaded. Please retry shortly.",
     ),
     Reason.ROUTE_CONFIG_INVALID: Outcome(
         500,

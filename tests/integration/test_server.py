@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 import redis
 
@@ -204,6 +205,35 @@ def test_cache_hits_make_zero_redis_calls_and_metered_keys_one(redis_url: str) -
             assert http_status(client.check(check_request(bearer(metered)))) == 200
         assert command_calls(redis_url, "evalsha", "eval") - before_eval == 50
         assert command_calls(redis_url, "hgetall") == before_get
+
+
+def test_a_check_whose_deadline_passes_during_its_lookup_spends_nothing(
+    own_redis: RedisServer,
+) -> None:
+    """Redis stalls (stopped) while keyguard looks up an uncached metered key, and the
+    caller's deadline passes meanwhile: nothing is spent once Redis answers again. (grpc
+    cancels the waiting handler; a Check that reaches the spend after its deadline without
+    waiting is refused by keyguard itself, check_too_late: tests/unit/test_decide.py.)"""
+    created = create_key(own_redis.url, "--quota", "1000")
+    req = check_request(bearer(created["key"]))
+    env = {"KEYGUARD_REDIS_TIMEOUT": "5"}  # the lookup outlives the deadline, not fails
+    with running_keyguard(own_redis.url, env) as server, Client(server.target) as client:
+        wait_until(lambda: client.health_status() == "SERVING")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            os.kill(own_redis.pid, signal.SIGSTOP)
+            try:
+                late = pool.submit(client.check, req, 0.3)
+                time.sleep(0.8)  # the deadline passes while the lookup waits
+            finally:
+                os.kill(own_redis.pid, signal.SIGCONT)
+            with pytest.raises(grpc.RpcError) as failed:
+                late.result(timeout=10)
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert http_status(client.check(req)) == 200  # keyguard goes on serving
+    code, out = keys_cli(own_redis.url, "show", created["id"], "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert (shown["used"], shown["remaining"]) == (1, 999)
 
 
 def test_rate_limit_burst_allows_exactly_rpm(redis_url: str) -> None:

@@ -14,5 +14,6 @@ ANTHROPIC_TYPES = {
     "insufficient_quota": "billing_error",
     "rate_limit_exceeded": "rate_limit_error",
     "store_unavailable": "api_error",
+    "check_too_late": "api_error",
     "internal_error": "api_error",
 }

@@ -281,6 +281,46 @@ def test_a_metered_key_spends_until_its_quota_is_used_up() -> None:
     run(go)
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cached record", "record looked up"])
+def test_nothing_is_spent_for_a_check_whose_deadline_has_passed(cached: bool) -> None:
+    """Envoy has answered the client itself once its Check deadline passed: a spend then
+    would be paid for a request that never reaches the upstream."""
+
+    async def go() -> None:
+        h = Harness()
+        key = h.key(unlimited="0", remaining="5")
+        request = check_request({"authorization": f"Bearer {key}"})
+        if cached:
+            await h.service.answer(request)  # the record is in the cache; spends 1
+        spent = h.store.records[hash_key(key)]["remaining"]
+        for left in (0.0, -0.3):
+            decision, wire = await h.service.answer(request, lambda left=left: left)
+            assert decision.reason is Reason.CHECK_TOO_LATE
+            assert http_status(CheckResponse.FromString(wire)) == 503
+            assert h.store.records[hash_key(key)]["remaining"] == spent
+        # Time left, or no deadline at all: the spend is made.
+        for left_or_none in (0.2, None):
+            decision, _ = await h.service.answer(request, lambda v=left_or_none: v)
+            assert decision.reason is Reason.OK
+        assert int(h.store.records[hash_key(key)]["remaining"]) == int(spent) - 2
+
+    run(go)
+
+
+def test_a_free_key_is_allowed_after_its_deadline_as_nothing_is_spent() -> None:
+    """Only a spend waits on the deadline: a free key's answer costs nothing."""
+
+    async def go() -> None:
+        h = Harness()
+        key = h.key()
+        request = check_request({"authorization": f"Bearer {key}"})
+        await h.service.answer(request)
+        decision, _ = await h.service.answer(request, lambda: 0.0)
+        assert decision.reason is Reason.OK
+
+    run(go)
+
+
 # ----- next_cycle_end: the memory store's copy of the spend script's reset -----------------
 
 

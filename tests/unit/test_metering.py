@@ -135,6 +135,23 @@ def test_a_priced_request_holds_its_estimate_and_hands_a_ticket_to_envoy() -> No
     run(go)
 
 
+def test_no_hold_is_placed_for_a_check_whose_deadline_has_passed() -> None:
+    async def go() -> None:
+        m = Meter()
+        key = m.key()
+        body = json.dumps({"model": "gpt-4o", "max_tokens": 100}).encode()
+        request = check_request({"authorization": f"Bearer {key}"}, body=body)
+        decision, wire = await m.service.answer(request, lambda: 0.0)
+        assert decision.reason is Reason.CHECK_TOO_LATE and decision.ticket is None
+        assert "hold" not in CheckResponse.FromString(wire).dynamic_metadata.fields
+        assert (m.field(key, "held"), m.field(key, "used")) == (0, 0)
+        assert not m.store.holds.get(hash_key(key))
+        decision, _ = await m.service.answer(request, lambda: 0.25)
+        assert decision.reason is Reason.OK and m.field(key, "held") > 0
+
+    run(go)
+
+
 def test_hold_ids_are_unique_per_request() -> None:
     async def go() -> None:
         m = Meter()

@@ -119,6 +119,7 @@ EXPECTED: dict[Reason, tuple[int, grpc.StatusCode, str, str]] = {
         "rate_limit_error",
     ),
     Reason.STORE_UNAVAILABLE: (503, grpc.StatusCode.UNAVAILABLE, "server_error", "api_error"),
+    Reason.CHECK_TOO_LATE: (503, grpc.StatusCode.UNAVAILABLE, "server_error", "api_error"),
     Reason.INTERNAL_ERROR: (500, grpc.StatusCode.INTERNAL, "server_error", "api_error"),
 }
 ISSUE_CODES = [

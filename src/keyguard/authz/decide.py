@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from keyguard.authz.cache import CacheEntry, KeyCache
@@ -45,6 +46,8 @@ from keyguard.store import Hold, KeyStore
 _UNAVAILABLE = Decision(Reason.STORE_UNAVAILABLE)
 _UNKNOWN = Decision(Reason.INVALID_API_KEY)
 _ALLOW_UNKNOWN_DEGRADED = Decision(Reason.OK, billing=Billing.UNMETERED, degraded=True)
+# Seconds left before the caller's deadline, None without one (grpc's time_remaining).
+Remaining = Callable[[], float | None]
 # The spend script's outcomes after which the cached record is wrong.
 _STALE_OUTCOMES = frozenset({"gone", "disabled"})
 
@@ -100,10 +103,14 @@ class Decider:
             return self._judged(facts, found)
         return found  # type: ignore[return-value]
 
-    async def finish(self, stage: Stage) -> Decision:
-        """The rest of a decision that needs the store: a lookup, then maybe a spend."""
+    async def finish(self, stage: Stage, remaining: Remaining | None = None) -> Decision:
+        """The rest of a decision that needs the store: a lookup, then maybe a spend.
+
+        ``remaining`` gives the seconds left before the caller's deadline (None: no
+        deadline); a spend whose deadline has passed is not made (CHECK_TOO_LATE).
+        """
         if type(stage) is NeedsSpend:
-            return await self._meter(stage)
+            return await self._meter(stage, remaining)
         assert type(stage) is NeedsRecord
         try:
             entry = await self.identifier.lookup(stage.key_hash)
@@ -114,11 +121,17 @@ class Decider:
         judged = self._judged(stage.facts, entry)
         if type(judged) is Decision:
             return judged
-        return await self._meter(judged)  # type: ignore[arg-type]
+        return await self._meter(judged, remaining)  # type: ignore[arg-type]
 
-    async def _meter(self, stage: NeedsSpend) -> Decision:
+    async def _meter(self, stage: NeedsSpend, remaining: Remaining | None) -> Decision:
         """The metered step: quota (or a hold), cycle and rate limits, atomically."""
         record = stage.entry.record
+        if remaining is not None:
+            left = remaining()
+            if left is not None and left <= 0:
+                # Envoy has given up on this Check and answered the client itself: a
+                # spend now would be paid for a request that never reaches the upstream.
+                return Decision(Reason.CHECK_TOO_LATE, record)
         ticket = stage.ticket
         try:
             if ticket is None:

@@ -15,7 +15,7 @@ import structlog
 from keyguard._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from keyguard._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from keyguard.authz.cache import KeyCache
-from keyguard.authz.decide import Decider
+from keyguard.authz.decide import Decider, Remaining
 from keyguard.authz.decision import Decision
 from keyguard.authz.observe import Recorder
 from keyguard.authz.render import Renderer, denial_wire
@@ -49,14 +49,17 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self, request: CheckRequest, context: grpc.aio.ServicerContext[CheckRequest, CheckResponse]
     ) -> bytes:
         """The gRPC method: answers serialized bytes (see runtime/server.py's passthrough)."""
-        return (await self.answer(request))[1]
+        return (await self.answer(request, context.time_remaining))[1]
 
     async def check(self, request: CheckRequest) -> CheckResponse:
         """The answer as a message, for callers in the same process (tests, tools)."""
         return CheckResponse.FromString((await self.answer(request))[1])
 
-    async def answer(self, request: CheckRequest) -> tuple[Decision, bytes]:
-        """One Check: the decision and its wire bytes, recorded once."""
+    async def answer(
+        self, request: CheckRequest, remaining: Remaining | None = None
+    ) -> tuple[Decision, bytes]:
+        """One Check: the decision and its wire bytes, recorded once. ``remaining``: the
+        seconds left before Envoy's deadline (nothing is spent once it has passed)."""
         start = time.perf_counter()
         request_id = ""
         try:
@@ -65,7 +68,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             decider = self.decider
             found = decider.decide_now(facts)
             # Only a cache miss or a metered key needs the store (and a suspension).
-            decision = found if type(found) is Decision else await decider.finish(found)  # type: ignore[arg-type]
+            decision = found if type(found) is Decision else await decider.finish(found, remaining)  # type: ignore[arg-type]
             wire = self.renderer.render(decision, facts)
         except Exception:
             log.exception("check_failed", request_id=request_id)
