@@ -590,6 +590,18 @@ def rotate_in_page(
     return raw, previous
 
 
+def delete_plan_in_page(dash: Dashboard, name: str, keys: str, warning: str) -> None:
+    """Refresh the plans until the plan shows this many keys, press its Delete and say yes
+    to a confirmation that gives this warning."""
+    dash.find("#plans-refresh").click()
+    cell = f'tr[data-name="{name}"] td:nth-child(9)'
+    dash.wait(lambda d: d.find_element(By.CSS_SELECTOR, cell).text == keys)
+    dash.row_in("plans", name).find_element(
+        By.CSS_SELECTOR, 'button[data-action="plan-delete"]'
+    ).click()
+    dash.confirm("Delete", name, warning)
+
+
 def test_rotate_shows_the_new_secret_once_and_the_old_one_lasts_its_grace(
     dash: Dashboard,
 ) -> None:
@@ -842,16 +854,7 @@ def test_create_edit_and_delete_a_plan_in_the_page(dash: Dashboard) -> None:
     # Deleting it while a key follows it is refused (409): the page says why.
     key = dash.stack.key("--name", "on-dash-pro", "--plan", name)
     dash.secrets.append(key.key)
-    dash.find("#plans-refresh").click()
-    dash.wait(
-        lambda d: (
-            d.find_element(By.CSS_SELECTOR, f'tr[data-name="{name}"] td:nth-child(9)').text == "1"
-        )
-    )
-    dash.row_in("plans", name).find_element(
-        By.CSS_SELECTOR, 'button[data-action="plan-delete"]'
-    ).click()
-    dash.confirm("Delete", name, "1 key(s) still follow it")
+    delete_plan_in_page(dash, name, "1", "1 key(s) still follow it")
     message = dash.wait(lambda d: d.find_element(By.CSS_SELECTOR, "#message.bad").text)
     assert message.startswith(f"Delete plan {name}: plan {name!r} still has 1 key(s)")
     with dash.api() as api:
@@ -859,16 +862,7 @@ def test_create_edit_and_delete_a_plan_in_the_page(dash: Dashboard) -> None:
         assert api.delete(f"/v1/keys/{key.id}").status_code == 200
 
     # Without keys it goes, after a confirmation.
-    dash.find("#plans-refresh").click()
-    dash.wait(
-        lambda d: (
-            d.find_element(By.CSS_SELECTOR, f'tr[data-name="{name}"] td:nth-child(9)').text == "0"
-        )
-    )
-    dash.row_in("plans", name).find_element(
-        By.CSS_SELECTOR, 'button[data-action="plan-delete"]'
-    ).click()
-    dash.confirm("Delete", name, "cannot be undone")
+    delete_plan_in_page(dash, name, "0", "cannot be undone")
     dash.wait(lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr[data-name="{name}"]'))
     with dash.api() as api:
         assert api.get(f"/v1/plans/{name}").status_code == 404

@@ -502,21 +502,23 @@
     );
   }
 
-  function renderPrices() {
-    $("#prices tbody").replaceChildren(...state.prices.map(priceRow));
-    $("#prices-empty").hidden = state.prices.length > 0;
-    const n = state.prices.length;
-    $("#prices-count").textContent = `${n} ${n === 1 ? "price" : "prices"}`;
+  function listLoader(name, noun, rowOf) {
+    // Loads every page of /v1/<name> (prices, plans) into state[name] and its table
+    // #<name>: a row per item, the empty note and the count.
+    return async function load() {
+      try {
+        const items = await allPages(`/v1/${name}`);
+        state[name] = items;
+        $(`#${name} tbody`).replaceChildren(...items.map(rowOf));
+        $(`#${name}-empty`).hidden = items.length > 0;
+        $(`#${name}-count`).textContent = `${items.length} ${noun}${items.length === 1 ? "" : "s"}`;
+      } catch (err) {
+        if (err.status !== 401) say(`Could not load the ${name}: ${err.message}`, "bad");
+      }
+    };
   }
 
-  async function reloadPrices() {
-    try {
-      state.prices = await allPages("/v1/prices");
-      renderPrices();
-    } catch (err) {
-      if (err.status !== 401) say(`Could not load the prices: ${err.message}`, "bad");
-    }
-  }
+  const reloadPrices = listLoader("prices", "price", priceRow);
 
   function openPrice(price) {
     const form = $("#price-form");
@@ -595,21 +597,7 @@
     );
   }
 
-  function renderPlans() {
-    $("#plans tbody").replaceChildren(...state.plans.map(planRow));
-    $("#plans-empty").hidden = state.plans.length > 0;
-    const n = state.plans.length;
-    $("#plans-count").textContent = `${n} ${n === 1 ? "plan" : "plans"}`;
-  }
-
-  async function reloadPlans() {
-    try {
-      state.plans = await allPages("/v1/plans");
-      renderPlans();
-    } catch (err) {
-      if (err.status !== 401) say(`Could not load the plans: ${err.message}`, "bad");
-    }
-  }
+  const reloadPlans = listLoader("plans", "plan", planRow);
 
   function planValues(plan) {
     return {
