@@ -405,9 +405,7 @@ def test_sign_in_create_read_once_use_through_envoy_then_disable(dash: Dashboard
     dash.wait(lambda d: "4,999" in d.find_element(By.CSS_SELECTOR, f'tr[data-id="{key.id}"]').text)
     dash.shot("dashboard-keys.png")
     dash.row(key.id).find_element(By.CSS_SELECTOR, 'button[data-action="disable"]').click()
-    question = dash.shown("#confirm-dialog")
-    assert "Disable" in question.text and key.id in question.text
-    dash.find("#confirm-yes").click()
+    dash.confirm("Disable", key.id)
     dash.wait(
         lambda d: "disabled" in d.find_element(By.CSS_SELECTOR, f'tr[data-id="{key.id}"]').text
     )
@@ -461,10 +459,8 @@ def test_usage_over_the_last_30_days_as_a_chart(dash: Dashboard) -> None:
     dash.sign_in(dash.admin)
     dash.row(key.id).find_element(By.CSS_SELECTOR, 'button[data-action="usage"]').click()
     dash.shown("#usage")
-    with httpx.Client(base_url=dash.url, trust_env=False, timeout=10) as http:
-        route = http.get(
-            f"/v1/keys/{key.id}/usage", headers={"Authorization": f"Bearer {dash.admin.token}"}
-        )
+    with dash.api() as api:
+        route = api.get(f"/v1/keys/{key.id}/usage")
     if route.status_code == 404 and "no such route" in route.text:
         # The usage route is not there yet: the page says so instead of failing.
         dash.shown("#usage-empty")
@@ -600,6 +596,36 @@ def delete_plan_in_page(dash: Dashboard, name: str, keys: str, warning: str) -> 
         By.CSS_SELECTOR, 'button[data-action="plan-delete"]'
     ).click()
     dash.confirm("Delete", name, warning)
+
+
+def test_edit_sends_only_the_fields_changed_in_the_page(dash: Dashboard) -> None:
+    key = dash.stack.key("--name", "editing-bot", "--quota", "9000", "--rpm", "60")
+    dash.secrets.append(key.key)
+    dash.sign_in(dash.admin)
+    with dash.api() as api:
+        before = api.get(f"/v1/keys/{key.id}").json()
+    dash.row(key.id).find_element(By.CSS_SELECTOR, 'button[data-action="edit"]').click()
+    form = dash.shown("#edit-form")
+    # The dialog opens with the key's values.
+    assert form.find_element(By.NAME, "name").get_attribute("value") == "editing-bot"
+    assert form.find_element(By.NAME, "rpm").get_attribute("value") == "60"
+    assert form.find_element(By.NAME, "models").get_attribute("value") == "*"
+    fill(form, name="edited-bot", rpm="120")
+    form.find_element(By.NAME, "payg").click()
+    dash.find("#edit-submit").click()
+    dash.wait(lambda d: not d.find_element(By.ID, "edit-dialog").is_displayed())
+    with dash.api() as api:
+        after = api.get(f"/v1/keys/{key.id}").json()
+        edits = [
+            e
+            for e in api.get("/v1/audit", params={"key": key.id}).json()["items"]
+            if e["action"] == "key.edit"
+        ]
+    assert (after["name"], after["rpm"], after["payg"]) == ("edited-bot", 120, True)
+    unchanged = ("remaining", "models", "allowed_ips", "expires_at", "tpm", "env", "owner")
+    assert {k: after.get(k) for k in unchanged} == {k: before.get(k) for k in unchanged}
+    # One edit, naming exactly the fields changed in the page.
+    assert [set(e["fields"]) for e in edits] == [{"name", "rpm", "payg"}], edits
 
 
 def test_rotate_shows_the_new_secret_once_and_the_old_one_lasts_its_grace(

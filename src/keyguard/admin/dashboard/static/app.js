@@ -277,6 +277,27 @@
     $("#created-grace").textContent = "";
   }
 
+  function fillForm(form, fields, values) {
+    // Each field's value from values (a checkbox: whether it is checked).
+    for (const name of fields) {
+      const input = form.elements[name];
+      if (input.type === "checkbox") input.checked = values[name];
+      else input.value = values[name];
+    }
+  }
+
+  function changedFields(form, fields) {
+    // [name, value] of each field that differs from form.initial (text trimmed, a
+    // checkbox as true or false): what an edit sends.
+    const changed = [];
+    for (const name of fields) {
+      const input = form.elements[name];
+      const value = input.type === "checkbox" ? input.checked : input.value.trim();
+      if (value !== form.initial[name]) changed.push([name, value]);
+    }
+    return changed;
+  }
+
   const editFields = ["name", "quota", "unlimited", "expires", "models", "allowed_ips", "rpm",
     "tpm", "payg", "env", "owner"];
 
@@ -299,11 +320,7 @@
   function openEdit(key) {
     const form = $("#edit-form");
     const initial = editValues(key);
-    for (const name of editFields) {
-      const input = form.elements[name];
-      if (input.type === "checkbox") input.checked = initial[name];
-      else input.value = initial[name];
-    }
+    fillForm(form, editFields, initial);
     form.dataset.id = key.id;
     form.initial = initial;
     $("#edit-title").textContent = `Edit ${key.name || key.id}`;
@@ -313,10 +330,7 @@
 
   function editBody(form) {
     const body = {};
-    for (const name of editFields) {
-      const input = form.elements[name];
-      const value = input.type === "checkbox" ? input.checked : input.value.trim();
-      if (value === form.initial[name]) continue;
+    for (const [name, value] of changedFields(form, editFields)) {
       if (["quota", "rpm", "tpm"].includes(name)) body[name] = value === "" ? 0 : Number(value);
       else if (name === "models" || name === "allowed_ips") body[name] = listField(value || "*");
       else body[name] = value;
@@ -621,10 +635,7 @@
     form.dataset.name = plan ? plan.name : "";
     if (plan) {
       f.name.value = plan.name;
-      for (const name of PLAN_FIELDS) {
-        if (f[name].type === "checkbox") f[name].checked = form.initial[name];
-        else f[name].value = form.initial[name];
-      }
+      fillForm(form, PLAN_FIELDS, form.initial);
     }
     $("#plan-title").textContent = plan ? `Edit plan ${plan.name}` : "Create Plan";
     $("#plan-submit").textContent = plan ? "Save" : "Create plan";
@@ -654,10 +665,7 @@
       if (f.payg.checked) body.payg = true;
       return body;
     }
-    for (const name of PLAN_FIELDS) {  // an edit: what changed
-      const input = f[name];
-      const value = input.type === "checkbox" ? input.checked : input.value.trim();
-      if (value === form.initial[name]) continue;
+    for (const [name, value] of changedFields(form, PLAN_FIELDS)) {  // an edit
       if (name === "quota") body.quota = wholeNumber(value) ?? value;
       else if (name === "rpm" || name === "tpm") body[name] = value === "" ? 0 : wholeNumber(value);
       else if (name === "models") body.models = listField(value || "*");
