@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from keyguard.errors import InvalidChange
 
@@ -42,9 +43,9 @@ class Price:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Tokens of one response, each kind counted once (cached input is not in ``input``)."""
+class Usage(NamedTuple):
+    """Tokens of one response, each kind counted once (cached input is not in ``input``).
+    (A named tuple: settlement makes one per request, and it is made fastest.)"""
 
     input: int = 0
     cached_input: int = 0

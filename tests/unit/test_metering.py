@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 from google.protobuf import struct_pb2
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -24,9 +24,10 @@ from keyguard.authz.service import AuthorizationService
 from keyguard.keys import generate_key, generate_key_id, hash_key
 from keyguard.meter.estimate import RequestOptions, estimate_usage, hold_for, request_options
 from keyguard.meter.pricebook import PriceBook, parse_table
-from keyguard.meter.service import SettlementService, Settler
-from keyguard.meter.settle import Outcome, assess
+from keyguard.meter.service import SettlementService, Settler, assess_entry
+from keyguard.meter.settle import TOKEN_FIELDS, Outcome, assess
 from keyguard.meter.ticket import parse_ticket
+from keyguard.meter.usage import usage_from_fields
 from keyguard.prices import Price, cost
 from keyguard.reasons import Reason
 from keyguard.record import TYPE_STANDARD, new_record_fields
@@ -409,6 +410,60 @@ def test_anthropic_usage_from_metadata() -> None:
 )
 def test_an_unreadable_ticket_settles_nothing(ticket: dict[str, Any]) -> None:
     assert assess(ticket, {}, 200, parse_table({})) is None
+
+
+_COUNT = st.integers(0, 5000).map(float)
+_USAGE_VALUE = st.one_of(
+    _COUNT,
+    _COUNT,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-5, 10**9).map(float),
+    st.sampled_from(["", "message_delta", "content_block_delta", "chat.completion"]),
+    st.just([1.0]),  # a nested value: not a count
+)
+_USAGE_NAME = st.sampled_from(
+    ["prompt_tokens", "completion_tokens", "cached_tokens", "input_tokens", "output_tokens",
+     "cache_read_input_tokens", "cache_creation_input_tokens", "type", "object"]
+)  # fmt: skip
+
+
+@example({"prompt_tokens": 30.0, "cached_tokens": 10.0, "completion_tokens": 7.0}, 200, "openai")
+@example({"input_tokens": 5.0, "output_tokens": 9.0, "type": "ping"}, 200, "anthropic")
+@given(
+    usage=st.none() | st.dictionaries(_USAGE_NAME, _USAGE_VALUE, max_size=9),
+    code=st.sampled_from([0, 200, 204, 404, 500]),
+    dialect=st.sampled_from(["openai", "anthropic"]),
+)
+def test_an_access_log_entry_is_assessed_as_its_fields_say(
+    usage: dict[str, Any] | None, code: int, dialect: str
+) -> None:
+    """Settlement reads only the usage fields a response's kind needs, straight from the
+    entry's Struct: what it charges is what all of the usage's token fields say."""
+    table = parse_table({"gpt-4o": PRICE.to_json(), "claude*": PRICE.to_json()})
+    anthropic = dialect == "anthropic"
+    model = "claude-3" if anthropic else "gpt-4o"
+    text = f"c0ffee 70 70 {'e' * 64} {dialect} {model}"
+    read = assess_entry(log_entry({"hold": text}, usage, code), table)
+    assert read
+    # The oracle: every token field Envoy wrote (a nested value is no count: absent).
+    tokens = {k: v for k, v in (usage or {}).items() if k in TOKEN_FIELDS and type(v) is not list}
+    expected = usage_from_fields(tokens, anthropic)
+    if code == 0 or code >= 400:
+        assert (read.settlement.charge, read.usage) == (0, None)
+        return
+    assert read.usage == expected
+    if expected is None:
+        assert read.outcome is (Outcome.UNREADABLE if tokens else Outcome.ESTIMATE)
+        assert read.settlement.charge == 70
+        return
+    charge = cost(expected, PRICE)
+    if read.outcome is Outcome.UNFINISHED:
+        # An Anthropic stream whose last event came before its final message_delta.
+        cut = ("message_start", "content_block_start", "content_block_delta",
+               "content_block_stop", "ping")  # fmt: skip
+        assert anthropic and (usage or {}).get("type") in cut
+        charge = max(charge, 70)
+    assert (read.settlement.charge, read.settlement.tokens_out) == (charge, expected.output)
 
 
 def test_a_model_name_with_spaces_survives_the_ticket_text() -> None:

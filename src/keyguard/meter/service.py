@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import structlog
@@ -30,13 +30,15 @@ from keyguard.errors import StoreError
 from keyguard.meter.pricebook import PriceBook
 from keyguard.meter.settle import (
     EXT_AUTHZ_NAMESPACE,
-    TOKEN_FIELDS,
     USAGE_NAMESPACE,
     Assessed,
     Outcome,
-    assess,
+    UsageReader,
+    assess_ticket,
+    ticket_fields,
 )
-from keyguard.meter.ticket import legacy_ticket, parse_ticket
+from keyguard.meter.ticket import legacy_ticket
+from keyguard.prices import PriceTable
 from keyguard.runtime.alerts import Alerts
 from keyguard.runtime.metrics import Metrics
 from keyguard.runtime.tasks import BackgroundTask
@@ -52,6 +54,10 @@ MAX_QUEUED = 200_000
 MAX_PER_CALL = 1000
 
 
+# The token kinds counted per model, in the order of _Tally's sums.
+_KINDS = ("input", "cached_input", "cache_write", "output")
+
+
 class _Tally:
     """A batch's settlements, counted first and added to the metrics once per label:
     per-request label lookups would cost more than the rest of settling a request."""
@@ -59,38 +65,39 @@ class _Tally:
     def __init__(self) -> None:
         self.released = 0
         self.outcomes: Counter[str] = Counter()
-        self.tokens: Counter[tuple[str, str]] = Counter()
-        self.credits: Counter[str] = Counter()
+        # model label -> [input, cached_input, cache_write, output tokens, credits]
+        self.sums: dict[str, list[int]] = {}
 
     def add(self, item: Assessed, word: str) -> None:
-        if item.settlement.held > 0 and word in ("settled", "unheld"):
-            self.released += 1
         if word == "duplicate":
-            self.outcomes[Outcome.DUPLICATE.value] += 1
+            self.outcomes[Outcome.DUPLICATE] += 1
             return
-        self.outcomes[item.outcome.value] += 1
-        usage, label = item.usage, item.model_label
+        settlement = item.settlement
+        if settlement.held > 0:  # "settled" or "unheld": its hold is not open any more
+            self.released += 1
+        self.outcomes[item.outcome] += 1
+        sums = self.sums.get(item.model_label)
+        if sums is None:
+            sums = self.sums[item.model_label] = [0, 0, 0, 0, 0]
+        usage = item.usage
         if usage is not None:
-            if usage.input:
-                self.tokens[label, "input"] += usage.input
-            if usage.cached_input:
-                self.tokens[label, "cached_input"] += usage.cached_input
-            if usage.cache_write:
-                self.tokens[label, "cache_write"] += usage.cache_write
-            if usage.output:
-                self.tokens[label, "output"] += usage.output
-        if item.settlement.charge:
-            self.credits[label] += item.settlement.charge
+            sums[0] += usage.input
+            sums[1] += usage.cached_input
+            sums[2] += usage.cache_write
+            sums[3] += usage.output
+        sums[4] += settlement.charge
 
     def record(self, m: Metrics) -> None:
         if self.released:
             m.holds_open.dec(self.released)
         for outcome, count in self.outcomes.items():
             m.settlements.labels(outcome).inc(count)
-        for (label, kind), count in self.tokens.items():
-            m.tokens.labels(label, kind).inc(count)
-        for label, count in self.credits.items():
-            m.credits.labels(label).inc(count)
+        for label, sums in self.sums.items():
+            for kind, count in zip(_KINDS, sums, strict=False):
+                if count:
+                    m.tokens.labels(label, kind).inc(count)
+            if sums[4]:
+                m.credits.labels(label).inc(sums[4])
 
 
 class Settler(BackgroundTask):
@@ -202,42 +209,66 @@ class Settler(BackgroundTask):
 
 
 # What settlement reads of an entry's metadata: the ticket keyguard set at Check and
-# the usage Envoy extracted. Each is looked up by name: iterating a protobuf map or
-# converting whole Structs costs several times as much per entry.
-_USAGE_FIELDS = (*sorted(TOKEN_FIELDS), "type")
+# the usage Envoy extracted, each looked up by name (iterating a protobuf map or
+# converting whole Structs costs several times as much per entry), and of the usage
+# only the fields its kind needs (settle.assess_ticket).
 
 
-def _usage(fields: Any) -> dict[str, Any]:
-    """The usage's string and number values (nested values are skipped)."""
-    out: dict[str, Any] = {}
-    for name in _USAGE_FIELDS:
+def _no_usage(name: str) -> None:
+    return None
+
+
+def usage_reader(fields: Any) -> UsageReader:
+    """Reads a usage Struct's fields by name: numbers and strings (nested values read as
+    absent, as a usage that is not a flat count cannot be charged from)."""
+
+    def read(name: str) -> Any:
         value = fields.get(name)
-        if value is not None:
-            kind = value.WhichOneof("kind")
-            if kind == "number_value":
-                out[name] = value.number_value
-            elif kind == "string_value":
-                out[name] = value.string_value
-    return out
+        if value is None:
+            return None
+        kind = value.WhichOneof("kind")
+        if kind == "number_value":
+            return value.number_value
+        if kind == "string_value":
+            return value.string_value
+        return None
+
+    return read
 
 
-def read_entry(entry: HTTPAccessLogEntry) -> tuple[dict[str, str], dict[str, Any]] | None:
-    """(ticket, usage fields) of a finished request keyguard holds credits for; None for
-    an entry without a ticket (denied, unmetered route, ...) or an intermediate one."""
+def assess_entry(entry: HTTPAccessLogEntry, prices: PriceTable) -> Assessed | Literal[False] | None:
+    """What a finished request keyguard holds credits for costs; False for an entry
+    without a ticket (denied, unmetered route, ...) or an intermediate one; None for a
+    ticket that cannot be read."""
     common = entry.common_properties
     if common.intermediate_log_entry:
-        return None  # the request has not finished yet
+        return False  # the request has not finished yet
     metadata = common.metadata.filter_metadata
     authz = metadata.get(EXT_AUTHZ_NAMESPACE)
     if authz is None:
-        return None
+        return False
     fields = authz.fields
     hold = fields.get("hold")
     if hold is None:
-        return None
-    ticket = parse_ticket(hold.string_value) or legacy_ticket(fields)
+        return False
     usage = metadata.get(USAGE_NAMESPACE)
-    return ticket, {} if usage is None else _usage(usage.fields)
+    read = _no_usage if usage is None else usage_reader(usage.fields)
+    code = entry.response.response_code.value
+    parts = hold.string_value.split(" ", 5)
+    if len(parts) != 6:  # a ticket of the older format: one entry per field
+        parts = list(ticket_fields(legacy_ticket(fields)))
+    hold_id, held, estimate, key_hash, dialect, model = parts
+    return assess_ticket(
+        hold_id,
+        held,
+        estimate,
+        key_hash,
+        dialect,
+        model,
+        read=read,
+        response_code=code,
+        prices=prices,
+    )
 
 
 class SettlementService(als_pb2_grpc.AccessLogServiceServicer):
@@ -251,16 +282,15 @@ class SettlementService(als_pb2_grpc.AccessLogServiceServicer):
         """Queue the settlements of one message; how many entries carried a ticket."""
         taken = 0
         table = self.prices.table
+        add = self.settler.add
         for entry in message.http_logs.log_entry:
-            read = read_entry(entry)
-            if read is None:
+            item = assess_entry(entry, table)
+            if item is False:
                 continue  # unfinished, or not metered by keyguard
-            code = entry.response.response_code.value
-            item = assess(read[0], read[1], code, table)
             if item is None:
                 log.warning("settle_unreadable_ticket")
                 continue
-            self.settler.add(item)
+            add(item)
             taken += 1
         return taken
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
+from keyguard.meter.ticket import FIELDS
 from keyguard.meter.usage import usage_from_fields
 from keyguard.prices import PriceTable, Usage, cost
 from keyguard.store import Settlement
@@ -47,13 +47,17 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"  # settled before: nothing charged again
 
 
-@dataclass(frozen=True, slots=True)
-class Assessed:
+class Assessed(NamedTuple):
     key_hash: str
     settlement: Settlement
     outcome: Outcome
     usage: Usage | None
     model_label: str  # the price-table pattern that priced it, or "other"
+
+
+# Reads one usage field by name: a number (a float, as Envoy's metadata carries every
+# number), a string, or None when the field is absent or of another kind.
+UsageReader = Callable[[str], Any]
 
 
 # Hold ids are keyguard's own (hex); anything else in a ticket is not one of its holds.
@@ -65,8 +69,7 @@ def _text(meta: Mapping[str, Any], name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _credits(meta: Mapping[str, Any], name: str) -> int | None:
-    text = _text(meta, name)
+def _credits(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
@@ -91,18 +94,69 @@ _ANTHROPIC_UNFINISHED = frozenset(
 )
 
 
+# The token fields an OpenAI chat completion's usage is read from; any other usage
+# reads the rest.
+_CHAT_FIELDS = ("cached_tokens", "completion_tokens")
+_OTHER_FIELDS = tuple(sorted(TOKEN_FIELDS - {"prompt_tokens"}))
+
+
+def _token_fields(read: UsageReader) -> dict[str, Any]:
+    """The token fields present, reading only those that can matter: a chat completion's
+    usage (prompt_tokens) needs two more, anything else the other six."""
+    prompt = read("prompt_tokens")
+    if prompt is None:
+        tokens = {}
+        names = _OTHER_FIELDS
+    else:
+        tokens = {"prompt_tokens": prompt}
+        names = _CHAT_FIELDS
+    for name in names:
+        value = read(name)
+        if value is not None:
+            tokens[name] = value
+    return tokens
+
+
+def ticket_fields(ticket: Mapping[str, Any]) -> tuple[str, str, str, str, str, str]:
+    """A ticket's six fields, in the order of its text, from a mapping by name (a field
+    that is missing or not a string reads as "")."""
+    hold_id, held, estimate, key_hash, dialect, model = (_text(ticket, name) for name in FIELDS)
+    return hold_id, held, estimate, key_hash, dialect, model
+
+
 def assess(
     ticket: Mapping[str, Any],
     usage_fields: Mapping[str, Any],
     response_code: int,
     prices: PriceTable,
 ) -> Assessed | None:
-    """What one logged request costs; None when it carries no (readable) ticket."""
-    hold_id, key_hash = _text(ticket, "hold"), _text(ticket, "kh")
-    held, estimate = _credits(ticket, "held"), _credits(ticket, "estimate")
+    """What one logged request costs, from its ticket's fields by name and its usage
+    fields as a mapping; None when it carries no (readable) ticket."""
+    return assess_ticket(
+        *ticket_fields(ticket),
+        read=usage_fields.get,
+        response_code=response_code,
+        prices=prices,
+    )
+
+
+def assess_ticket(
+    hold_id: str,
+    held_text: str,
+    estimate_text: str,
+    key_hash: str,
+    dialect: str,
+    model: str,
+    *,
+    read: UsageReader,
+    response_code: int,
+    prices: PriceTable,
+) -> Assessed | None:
+    """What one logged request costs, from its ticket's six fields (in the order of its
+    text) and the usage Envoy extracted (``read``); None when the ticket is unreadable."""
+    held, estimate = _credits(held_text), _credits(estimate_text)
     if not _HOLD_ID(hold_id) or len(key_hash) != 64 or held is None or estimate is None:
         return None
-    model = _text(ticket, "model")
     matched = prices.match(model) if model else None
     label = matched[0] if matched is not None else OTHER_MODEL
     usage: Usage | None = None
@@ -111,25 +165,29 @@ def assess(
     elif response_code >= 400:
         outcome, charge = Outcome.UPSTREAM_ERROR, 0
     else:
-        tokens = {k: v for k, v in usage_fields.items() if k in TOKEN_FIELDS}
-        anthropic = _text(ticket, "dialect") == "anthropic"
+        anthropic = dialect == "anthropic"
+        tokens = _token_fields(read)
         usage = usage_from_fields(tokens, anthropic)
         if usage is not None:
             outcome = Outcome.USAGE
             charge = cost(usage, matched[1]) if matched is not None else 0
-            if anthropic and _text(usage_fields, "type") in _ANTHROPIC_UNFINISHED:
+            last = read("type") if anthropic else None
+            if isinstance(last, str) and last in _ANTHROPIC_UNFINISHED:
                 # Cut mid-stream: at least the estimate, as for a stream without usage.
                 outcome, charge = Outcome.UNFINISHED, max(charge, estimate)
         else:
             outcome = Outcome.UNREADABLE if tokens else Outcome.ESTIMATE
             charge = estimate
-    settlement = Settlement(
-        hold_id=hold_id,
-        held=held,
-        charge=charge,
-        tokens_in=usage.input if usage else 0,
-        cached_tokens=(usage.cached_input + usage.cache_write) if usage else 0,
-        tokens_out=usage.output if usage else 0,
-        model=label,
-    )
+    if usage is None:
+        settlement = Settlement(hold_id, held, charge, 0, 0, 0, label)
+    else:
+        settlement = Settlement(
+            hold_id,
+            held,
+            charge,
+            usage.input,
+            usage.cached_input + usage.cache_write,
+            usage.output,
+            label,
+        )
     return Assessed(key_hash, settlement, outcome, usage, label)
