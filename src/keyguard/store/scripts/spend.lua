@@ -62,6 +62,11 @@ if holding then
     held = redis.call('HINCRBY', rec, 'held', int(-freed))
     redis.call('HINCRBY', rec, 'holds_expired', #expired)
     expired_now = #expired
+  elseif held ~= 0 and redis.call('EXISTS', KEYS[3]) == 0 then
+    -- The set is gone (evicted, or dropped by the TTL older versions gave it) while the
+    -- record still counts what it held: no hold is open, so nothing is held.
+    redis.call('HSET', rec, 'held', 0)
+    held = 0
   end
 end
 
@@ -114,8 +119,9 @@ if holding then
   end
   if cost > 0 then
     local ttl = tonumber(ARGV[4])
+    -- No TTL on the set: it would drop holds the record still counts. Each hold expires
+    -- by its score; Redis deletes the set when its last hold is settled or released.
     redis.call('ZADD', KEYS[3], now_ms + ttl, hold_id .. ':' .. amount)
-    redis.call('PEXPIRE', KEYS[3], ttl + 60000)
     held = redis.call('HINCRBY', rec, 'held', amount)
   end
 elseif unlimited or cost <= 0 then
