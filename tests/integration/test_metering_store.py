@@ -19,7 +19,16 @@ from keyguard.keys import generate_key, generate_key_id, hash_key
 from keyguard.record import TYPE_STANDARD, new_record_fields, record_from_hash
 from keyguard.runtime.metrics import Metrics
 from keyguard.settings import Settings
-from keyguard.store import Hold, KeyStore, Settlement, holds_key, record_key, usage_key
+from keyguard.store import (
+    Hold,
+    KeyStore,
+    Settlement,
+    expired_key,
+    holds_key,
+    record_key,
+    settled_key,
+    usage_key,
+)
 from keyguard.store.memory import MemoryKeyStore
 from keyguard.store.redis import make_store
 
@@ -31,10 +40,11 @@ class Backend:
     """One store to test, and a way to write and read its raw record fields."""
 
     def __init__(self, store: KeyStore, put: Callable[[str, dict[str, str]], None],
-                 get: Callable[[str], dict[str, str]]) -> None:  # fmt: skip
+                 get: Callable[[str], dict[str, str]], url: str = "") -> None:  # fmt: skip
         self.store = store
         self.put = put
         self.get = get
+        self.url = url
 
     def key(self, **fields: str) -> str:
         key_hash = hash_key(generate_key(TYPE_STANDARD))
@@ -62,6 +72,7 @@ async def backend(kind: str, redis_url: str) -> AsyncIterator[Backend]:
             store,
             lambda h, fields: client.hset(record_key(h), mapping=fields),  # type: ignore[arg-type]
             lambda h: client.hgetall(record_key(h)),  # type: ignore[return-value]
+            redis_url,
         )
     finally:
         await store.close()
@@ -134,6 +145,78 @@ def test_an_expired_hold_is_released_charging_nothing_and_a_late_settlement_stil
     run(kind, redis_url, body)
 
 
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_repeat_charges_nothing_however_late_it_comes(kind: str, redis_url: str) -> None:
+    """A request that held credits is settled once with no memory of settled ids: its
+    hold is gone once settled, also after the 5 minutes ids of unheld requests are kept."""
+
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="1000")
+        await b.store.spend(h, 100, 0, hold("a"))
+        await b.store.spend(h, 100, 0, hold("b", ttl_ms=50))
+        await asyncio.sleep(0.08)
+        assert (await b.store.spend(h, 100, 0, hold("c"))).holds_expired == 1  # "b"
+        first = [Settlement("a", 100, 70), Settlement("b", 100, 60), Settlement("u", 0, 5)]
+        assert await b.store.settle(h, first) == ["settled", "unheld", "unheld"]
+        forget_settled_ids(b, h)  # as if the 5 minutes had passed
+        assert await b.store.settle(h, first[:2]) == ["duplicate", "duplicate"]
+        assert (b.field(h, "remaining"), b.field(h, "used"), b.field(h, "held")) == (865, 135, 100)
+
+    run(kind, redis_url, body)
+
+
+def forget_settled_ids(b: Backend, key_hash: str) -> None:
+    if isinstance(b.store, MemoryKeyStore):
+        b.store.settled.pop(key_hash, None)
+        return
+    client = redis.Redis.from_url(b.url)
+    try:
+        client.delete(settled_key(key_hash))
+    finally:
+        client.close()
+
+
+def test_a_settled_request_that_held_credits_leaves_no_id_behind(redis_url: str) -> None:
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="1000")
+        for i in range(50):
+            await b.store.spend(h, 10, 0, hold(f"h{i}"))
+        words = await b.store.settle(h, [Settlement(f"h{i}", 10, 9) for i in range(50)])
+        assert words == ["settled"] * 50
+        client = redis.Redis.from_url(redis_url)
+        try:
+            assert client.exists(settled_key(h), holds_key(h), expired_key(h)) == 0
+        finally:
+            client.close()
+
+    run("redis", redis_url, body)
+
+
+def test_thousands_of_holds_expiring_at_once_each_settle_once_later(redis_url: str) -> None:
+    """A long outage of settlement expires many holds in one sweep (written in slices);
+    each one that is settled late is charged once."""
+
+    async def body(b: Backend) -> None:
+        h = b.key(remaining="1000000")
+        count = 5000  # 10,000 values: past what one unpack takes
+        await asyncio.gather(
+            *(b.store.spend(h, 2, 0, hold(f"x{i:x}", ttl_ms=300)) for i in range(count))
+        )
+        assert b.field(h, "held") == 2 * count
+        await asyncio.sleep(0.35)
+        result = await b.store.spend(h, 2, 0, hold("y"))
+        assert (result.outcome, result.holds_expired, result.held) == ("ok", count, 2)
+        late = [Settlement(f"x{i:x}", 2, 1) for i in range(count)]
+        words = []
+        for start in range(0, count, 1000):  # as the Settler sends them (MAX_PER_CALL)
+            words += await b.store.settle(h, late[start : start + 1000])
+        assert words == ["unheld"] * count
+        assert await b.store.settle(h, late[:10]) == ["duplicate"] * 10
+        assert (b.field(h, "used"), b.field(h, "remaining")) == (count, 1000000 - count)
+
+    run("redis", redis_url, body)
+
+
 def test_holds_lost_with_their_set_hold_nothing(redis_url: str) -> None:
     """The set of open holds is gone (Redis dropped it: evicted, or expired by an older
     version's TTL after a key sat unused past KEYGUARD_HOLD_TTL) while the record still
@@ -151,9 +234,10 @@ def test_holds_lost_with_their_set_hold_nothing(redis_url: str) -> None:
         result = await b.store.spend(h, 900, 0, hold("b"))
         assert (result.outcome, result.held) == ("ok", 900)
         assert b.field(h, "held") == 900
-        # Its request did finish after all: charged once, holding nothing.
-        assert await b.store.settle(h, [Settlement("a", 900, 10)]) == ["unheld"]
-        assert (b.field(h, "remaining"), b.field(h, "held")) == (990, 900)
+        # Nothing is left that says "a" was never settled: it is taken for a repeat and
+        # charged nothing (README, Redis: never evict keyguard's keys).
+        assert await b.store.settle(h, [Settlement("a", 900, 10)]) == ["duplicate"]
+        assert (b.field(h, "remaining"), b.field(h, "held")) == (1000, 900)
 
     run("redis", redis_url, body)
 

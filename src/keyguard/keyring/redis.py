@@ -12,6 +12,7 @@ from keyguard.store import (
     ALIAS_FIELD,
     EVENTS_CHANNEL,
     IDS_SET,
+    expired_key,
     holds_key,
     id_key,
     ratelimit_key,
@@ -157,6 +158,7 @@ class RedisKeys:
             tpm_key(key_hash),
             holds_key(key_hash),
             settled_key(key_hash),
+            expired_key(key_hash),
         )
         self.client.delete(id_key(key_id))
         self.client.srem(IDS_SET, key_id)

@@ -58,9 +58,20 @@ def tpm_key(key_hash: str) -> str:
     return f"kg:{{{key_hash}}}:tpm"
 
 
-def metered_keys(key_hash: str) -> tuple[str, str, str, str]:
+def expired_key(key_hash: str) -> str:
+    """Holds released unsettled: hold id → when (ms), so a late settlement still charges."""
+    return f"kg:{{{key_hash}}}:expired"
+
+
+def metered_keys(key_hash: str) -> tuple[str, str, str, str, str]:
     """The keys the spend script touches, in its KEYS order."""
-    return (record_key(key_hash), ratelimit_key(key_hash), holds_key(key_hash), tpm_key(key_hash))
+    return (
+        record_key(key_hash),
+        ratelimit_key(key_hash),
+        holds_key(key_hash),
+        tpm_key(key_hash),
+        expired_key(key_hash),
+    )
 
 
 def usage_key(key_hash: str, day: str) -> str:

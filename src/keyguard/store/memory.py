@@ -83,6 +83,7 @@ class MemoryKeyStore:
         self._token_tats: dict[str, float] = {}  # token GCRA state per key hash, ms
         self.holds: dict[str, dict[str, tuple[int, int]]] = {}  # hash → id → (credits, expiry ms)
         self.settled: dict[str, set[str]] = {}
+        self.expired: dict[str, dict[str, int]] = {}  # hash → id released unsettled → when
         self.prices: dict[str, str] = {}  # model pattern → Price JSON, as kg:prices holds
         self.usage: dict[tuple[str, str], dict[str, int]] = {}  # (hash, UTC day) → fields
         self.alerts: list[dict[str, object]] = []  # the alert stream
@@ -150,8 +151,11 @@ class MemoryKeyStore:
                 rec["cycle_end"] = str(int(next_cycle_end(cycle_end, seconds, now_ms / 1000)))
         holds = self.holds.setdefault(key_hash, {})
         expired = [hid for hid, (_, expiry) in holds.items() if expiry <= now_ms]
-        for hid in expired:
-            _add(rec, "held", -holds.pop(hid)[0])
+        if expired:
+            late = self.expired.setdefault(key_hash, {})
+            for hid in expired:
+                _add(rec, "held", -holds.pop(hid)[0])
+                late[hid] = now_ms  # as spend.lua: a late settlement still charges once
         held = _int(rec, "held")
         tl = (0, 0, 0)
         tpm = hold.tpm if hold is not None else 0
@@ -220,18 +224,28 @@ class MemoryKeyStore:
         rec = self.records.get(key_hash)
         out: list[str] = []
         tokens = 0
+        late = self.expired.setdefault(key_hash, {})
+        seen: set[str] = set()
         for item in items:
-            if item.hold_id in settled:
+            hold_id = item.hold_id
+            found = holds.get(hold_id)
+            is_open = item.held > 0 and found is not None and found[0] == item.held
+            if hold_id in seen or (
+                hold_id in settled if item.held == 0 else not (is_open or hold_id in late)
+            ):
                 out.append("duplicate")
                 continue
-            settled.add(item.hold_id)
-            found = holds.get(item.hold_id)
-            if item.held > 0 and found is not None and found[0] == item.held:
-                del holds[item.hold_id]
+            seen.add(hold_id)
+            if is_open:
+                del holds[hold_id]
                 if rec is not None:
                     _add(rec, "held", -item.held)
                 out.append("settled")
             else:
+                if item.held > 0:
+                    del late[hold_id]
+                else:
+                    settled.add(hold_id)
                 out.append("unheld")
             if rec is None:
                 continue

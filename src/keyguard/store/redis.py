@@ -31,6 +31,7 @@ from keyguard.store import (
     Commands,
     Hold,
     Settlement,
+    expired_key,
     holds_key,
     metered_keys,
     read_record,
@@ -43,8 +44,10 @@ from keyguard.store import (
 from keyguard.store.commands import make_commands
 from keyguard.store.scripts import ADD_USED, ALERT, SETTLE, SPEND
 
-# How long a settled hold id is remembered: a settlement delivered again within this
-# time (a batch retried after its reply was lost) charges nothing the second time.
+# How long the id of a settled request that held nothing (an unlimited key, a degraded
+# allow) is remembered: delivered again within this time (a batch retried after its reply
+# was lost), it charges nothing the second time. A request that held credits is settled
+# once however late a repeat comes: its hold is gone (settle.lua).
 SETTLED_MEMORY_MS = 300_000
 # What any Commands implementation raises when Redis cannot answer.
 _FAILURES = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError, BackendError)
@@ -128,6 +131,7 @@ class RedisKeyStore:
             settled_key(key_hash),
             tpm_key(key_hash),
             usage_key(key_hash, today),
+            expired_key(key_hash),
         )
         start = time.perf_counter()
         try:

@@ -2,6 +2,7 @@
 -- KEYS[1] = kg:{H}:rec, KEYS[2] = kg:{H}:holds, KEYS[3] = kg:{H}:settled (hold ids
 -- settled recently, score = when), KEYS[4] = kg:{H}:tpm (GCRA state, tokens),
 -- KEYS[5] = kg:{H}:use:<UTC date> (today's usage history: "<model>|<kind>" -> count)
+-- KEYS[6] = kg:{H}:expired (holds released unsettled by spend.lua: hold id, score = when)
 -- ARGV[1] = how long (ms) a settled id is remembered, so a repeated delivery charges once
 -- ARGV[2] = how long (ms) a day of usage history is kept (0: none is written)
 -- then one value per hold, its fields separated by single spaces: id, credits held
@@ -12,9 +13,15 @@
 -- then, when the balance crossed the key's low-balance threshold (alert_below: credits,
 -- or a percentage of the quota) downwards, 'alert|<key id>|<remaining>|<threshold>', once
 -- per crossing; or 'rearm|<key id>' when it is back above it (after a top-up or a reset).
--- The batch is read with two calls (which ids were settled before, which holds are still
--- open) and written with one call per field: the per-hold work is Lua arithmetic, so a
--- batch costs Redis little more than one hold (the caller sends at most 1,000 holds).
+-- Once per hold id: a request that held credits is settled while its hold is open, or
+-- while spend.lua remembers it as expired (a day); either is gone once it is settled, so
+-- a repeated delivery finds nothing to settle, however late it comes. Only requests that
+-- held nothing (an unlimited key, a degraded allow) have their ids remembered in KEYS[3],
+-- for ARGV[1] ms.
+-- The batch is read with one ZMSCORE per kind of lookup it needs (open holds, expired
+-- ones, ids settled before) and written with one call per field: the per-hold work is Lua
+-- arithmetic, so a batch costs Redis little more than one hold (the caller sends at most
+-- 1,000 holds).
 local rec = KEYS[1]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -39,10 +46,42 @@ for i = 3, #ARGV do
   helds[n], charges[n], models[n] = tonumber(held), tonumber(charge), model
   tins[n], cacheds[n], touts[n] = tonumber(tin), tonumber(cached), tonumber(tout)
 end
-local before, open = {}, {}
-if #ids > 0 then
-  before = redis.call('ZMSCORE', KEYS[3], unpack(ids))
-  open = redis.call('ZMSCORE', KEYS[2], unpack(members))
+-- Which holds are open; of the others, which expired unsettled; of the requests that held
+-- nothing, which were settled before. One ZMSCORE each, only when there is anything to ask.
+local open, late, before = {}, {}, {}
+local held_ids, held_at, unheld_ids, unheld_at = {}, {}, {}, {}
+for n = 1, #ids do
+  if helds[n] > 0 then
+    held_ids[#held_ids + 1] = members[n]
+    held_at[#held_ids] = n
+  else
+    unheld_ids[#unheld_ids + 1] = ids[n]
+    unheld_at[#unheld_ids] = n
+  end
+end
+if #held_ids > 0 then
+  local scores = redis.call('ZMSCORE', KEYS[2], unpack(held_ids))
+  local gone, gone_at = {}, {}
+  for i = 1, #held_ids do
+    if scores[i] then
+      open[held_at[i]] = true
+    else
+      gone[#gone + 1] = ids[held_at[i]]
+      gone_at[#gone] = held_at[i]
+    end
+  end
+  if #gone > 0 then
+    local expired = redis.call('ZMSCORE', KEYS[6], unpack(gone))
+    for i = 1, #gone do
+      if expired[i] then late[gone_at[i]] = true end
+    end
+  end
+end
+if #unheld_ids > 0 then
+  local scores = redis.call('ZMSCORE', KEYS[3], unpack(unheld_ids))
+  for i = 1, #unheld_ids do
+    if scores[i] then before[unheld_at[i]] = true end
+  end
 end
 
 local quota = f[2] ~= '1'
@@ -58,21 +97,26 @@ local function count(field, n)
   if n > 0 then history[field] = (history[field] or 0) + n end
 end
 
+local expired_settled = {}
 for n = 1, #ids do
   local id = ids[n]
-  if before[n] or seen[id] then
+  local amount = helds[n]
+  if seen[id] or before[n] or (amount > 0 and not open[n] and not late[n]) then
     out[n] = 'duplicate'
   else
     seen[id] = true
-    settled[#settled + 1] = now_ms
-    settled[#settled + 1] = id
-    local amount = helds[n]
     local charge = charges[n]
-    if amount > 0 and open[n] then
+    if open[n] then
       released[#released + 1] = members[n]
       freed = freed + amount
       out[n] = 'settled'
     else
+      if late[n] then
+        expired_settled[#expired_settled + 1] = id
+      else
+        settled[#settled + 1] = now_ms
+        settled[#settled + 1] = id
+      end
       out[n] = 'unheld'
     end
     if exists then
@@ -108,7 +152,11 @@ for n = 1, #ids do
   end
 end
 
-if #settled > 0 then redis.call('ZADD', KEYS[3], unpack(settled)) end
+if #settled > 0 then
+  redis.call('ZADD', KEYS[3], unpack(settled))
+  redis.call('PEXPIRE', KEYS[3], keep_ms)
+end
+if #expired_settled > 0 then redis.call('ZREM', KEYS[6], unpack(expired_settled)) end
 if #released > 0 then
   redis.call('ZREM', KEYS[2], unpack(released))
   redis.call('HINCRBY', rec, 'held', int(-freed))
@@ -127,8 +175,7 @@ end
 if exists and #out > 0 then
   redis.call('HSET', rec, 'last_used_at', string.format('%d', math.floor(now_ms / 1000)))
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - keep_ms)
-redis.call('PEXPIRE', KEYS[3], keep_ms)
+if #unheld_ids > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - keep_ms) end
 if history_ms > 0 and exists then redis.call('PEXPIRE', KEYS[5], history_ms) end
 
 -- Low-balance alert: fire once when the balance falls below the threshold, re-arm once it

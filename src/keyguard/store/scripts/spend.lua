@@ -2,6 +2,7 @@
 -- KEYS[1] = kg:{H}:rec (key record hash), KEYS[2] = kg:{H}:rl (GCRA state, requests)
 -- KEYS[3] = kg:{H}:holds (open holds: member "<id>:<credits>", score = expiry ms)
 -- KEYS[4] = kg:{H}:tpm (GCRA state, tokens)
+-- KEYS[5] = kg:{H}:expired (holds released unsettled: member hold id, score = when, ms)
 -- ARGV[1] = cost: units spent now (request metering) or credits to hold (token metering)
 -- ARGV[2] = rpm (0 = no rate limit)
 -- ARGV[3] = hold id ('' = request metering: spend ARGV[1] now, place no hold)
@@ -59,6 +60,20 @@ if holding then
       freed = freed + (tonumber(string.match(member, ':(%d+)$')) or 0)
     end
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+    -- Remembered for a day: a settlement that comes after all is charged once (settle.lua).
+    -- (In slices: unpack has a limit, and a long outage can expire many holds at once.)
+    local ids = {}
+    for _, member in ipairs(expired) do
+      ids[#ids + 1] = now_ms
+      ids[#ids + 1] = string.match(member, '^(.*):%d+$') or member
+      if #ids >= 2000 then
+        redis.call('ZADD', KEYS[5], unpack(ids))
+        ids = {}
+      end
+    end
+    if #ids > 0 then redis.call('ZADD', KEYS[5], unpack(ids)) end
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - 86400000)
+    redis.call('PEXPIRE', KEYS[5], 86400000)
     held = redis.call('HINCRBY', rec, 'held', int(-freed))
     redis.call('HINCRBY', rec, 'holds_expired', #expired)
     expired_now = #expired
