@@ -15,7 +15,7 @@ import redis
 from keyguard.errors import ConnectionFailed as PipelineConnectionError
 from keyguard.errors import ReplyError
 from keyguard.settings import Settings
-from keyguard.store.pipeline import PipelinedRedis
+from keyguard.store.pipeline import KEY_MEMO_SIZE, PipelinedRedis
 from tests.integration.conftest import run
 from tests.support.procs import RedisServer, running_redis
 
@@ -148,6 +148,30 @@ def test_evalsha_falls_back_to_eval_after_script_flush(own_redis: RedisServer) -
             assert await rc.evalsha(SCRIPT, ["k"], ["v"]) == ["k", "v"]
             await rc.execute("SCRIPT", "FLUSH")
             assert await rc.evalsha(SCRIPT, ["k2"], ["v2"]) == ["k2", "v2"]
+        finally:
+            rc.close()
+
+    run(scenario)
+
+
+def test_script_calls_with_memoized_keys_reach_the_right_keys(own_redis: RedisServer) -> None:
+    """The encoded key list of a script call is memoized (and the memo bounded): every
+    call still sends its own keys and arguments, also when the memo starts over."""
+
+    async def scenario() -> None:
+        rc = conn(own_redis.url)
+        try:
+            script = "return {#KEYS, KEYS[1], KEYS[#KEYS], ARGV[1], #ARGV}"
+            calls = [((f"kg:{{h{i % 7}}}:a", f"kg:{{h{i}}}:b"), (i, "x" * i)) for i in range(40)]
+            calls.append((("één", "ü:{ß}"), ("ARGV with spaces", b"\x00bytes", 3)))
+            # Loaded first: a call that meets NOSCRIPT is sent again as EVAL, unmemoized.
+            await rc.execute("SCRIPT", "LOAD", script)
+            replies = await asyncio.gather(*(rc.evalsha(script, k, a) for k, a in calls))
+            for (keys, args), reply in zip(calls, replies, strict=True):
+                assert reply == [len(keys), keys[0], keys[-1], str(args[0]), len(args)]
+            rc._key_memo.update({(str(n),): b"" for n in range(KEY_MEMO_SIZE)})
+            assert await rc.evalsha(script, ("k1", "k2"), ("v",)) == [2, "k1", "k2", "v", 1]
+            assert len(rc._key_memo) == 1
         finally:
             rc.close()
 
