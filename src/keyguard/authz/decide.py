@@ -18,7 +18,6 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from keyguard.authz.cache import CacheEntry, KeyCache
 from keyguard.authz.decision import Billing, Decision, NeedsRecord, NeedsSpend, Stage, Ticket
@@ -256,5 +255,5 @@ class Decider:
             return _UNAVAILABLE
         # No hold was placed; a ticket holding nothing still lets the settlement charge
         # what the request used, once the store answers again.
-        ticket = None if stage.ticket is None else replace(stage.ticket, held=0)
+        ticket = None if stage.ticket is None else stage.ticket._replace(held=0)
         return Decision(Reason.OK, entry.record, Billing.UNMETERED, degraded=True, ticket=ticket)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from keyguard.authz.cache import CacheEntry
 from keyguard.authz.request import RequestFacts
@@ -32,11 +33,11 @@ class Billing(enum.StrEnum):
     UNMETERED = "unmetered"  # allowed while the store was down: nothing was spent
 
 
-@dataclass(frozen=True, slots=True)
-class Ticket:
+class Ticket(NamedTuple):
     """What the settlement of a token-metered request needs, handed to Envoy in the
     allow's dynamic metadata (namespace envoy.filters.http.ext_authz) and back to
-    keyguard in the access log. Minted by keyguard; a client can send none of it."""
+    keyguard in the access log. Minted by keyguard; a client can send none of it.
+    (A named tuple: one is made per metered Check.)"""
 
     hold_id: str
     key_hash: str

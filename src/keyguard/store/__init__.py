@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
 from keyguard.errors import StoreError
@@ -83,8 +83,7 @@ def id_key(key_id: str) -> str:
     return f"kg:id:{key_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
     """A hold to place with a spend: its id (minted by keyguard), lifetime and the
     key's token limit."""
 

@@ -99,19 +99,8 @@ class RedisKeyStore:
         except _FAILURES as exc:
             raise self._failed("spend", exc) from exc
         self._took(self._durations["spend"], start)
-        return SpendResult(
-            outcome=str(out[0]),
-            remaining=int(out[1]),
-            rl_limit=int(out[2]),
-            rl_remaining=int(out[3]),
-            rl_reset_ms=int(out[4]),
-            retry_after_ms=int(out[5]),
-            held=int(out[6]),
-            tl_limit=int(out[7]),
-            tl_remaining=int(out[8]),
-            tl_reset_ms=int(out[9]),
-            holds_expired=int(out[10]),
-        )
+        # outcome, remaining, rate limit (3), retry after, held, token limit (3), expired
+        return SpendResult(str(out[0]), *map(int, out[1:11]))
 
     async def settle(
         self, key_hash: str, items: Sequence[Settlement], history_days: int = 0
