@@ -77,11 +77,6 @@ if holding then
     held = redis.call('HINCRBY', rec, 'held', int(-freed))
     redis.call('HINCRBY', rec, 'holds_expired', #expired)
     expired_now = #expired
-  elseif held ~= 0 and redis.call('EXISTS', KEYS[3]) == 0 then
-    -- The set is gone (evicted, or dropped by the TTL older versions gave it) while the
-    -- record still counts what it held: no hold is open, so nothing is held.
-    redis.call('HSET', rec, 'held', 0)
-    held = 0
   end
 end
 
@@ -125,6 +120,14 @@ end
 local outcome = 'ok'
 if holding then
   -- The hold must fit the available balance: what is left minus what open requests hold.
+  if not unlimited and cost > remaining - held and held ~= 0
+      and redis.call('EXISTS', KEYS[3]) == 0 then
+    -- The set is gone (evicted, or dropped by the TTL older versions gave it) while the
+    -- record still counts what it held: no hold is open, so nothing is held. (Asked only
+    -- here, where a stale amount would refuse the request or bill it as pay-as-you-go.)
+    redis.call('HSET', rec, 'held', 0)
+    held = 0
+  end
   if not unlimited and cost > remaining - held then
     if f[4] == '1' then
       outcome = 'payg'
