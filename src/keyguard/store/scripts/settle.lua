@@ -59,30 +59,24 @@ for n = 1, #ids do
     unheld_at[#unheld_ids] = n
   end
 end
-if #held_ids > 0 then
-  local scores = redis.call('ZMSCORE', KEYS[2], unpack(held_ids))
-  local gone, gone_at = {}, {}
-  for i = 1, #held_ids do
-    if scores[i] then
-      open[held_at[i]] = true
-    else
-      gone[#gone + 1] = ids[held_at[i]]
-      gone_at[#gone] = held_at[i]
-    end
-  end
-  if #gone > 0 then
-    local expired = redis.call('ZMSCORE', KEYS[6], unpack(gone))
-    for i = 1, #gone do
-      if expired[i] then late[gone_at[i]] = true end
-    end
+-- Sets into[at[i]] for each members[i] that the sorted set `key` holds (one ZMSCORE).
+local function mark(key, members, at, into)
+  if #members == 0 then return end
+  local scores = redis.call('ZMSCORE', key, unpack(members))
+  for i = 1, #members do
+    if scores[i] then into[at[i]] = true end
   end
 end
-if #unheld_ids > 0 then
-  local scores = redis.call('ZMSCORE', KEYS[3], unpack(unheld_ids))
-  for i = 1, #unheld_ids do
-    if scores[i] then before[unheld_at[i]] = true end
+mark(KEYS[2], held_ids, held_at, open)
+local gone, gone_at = {}, {}
+for i = 1, #held_ids do
+  if not open[held_at[i]] then
+    gone[#gone + 1] = ids[held_at[i]]
+    gone_at[#gone] = held_at[i]
   end
 end
+mark(KEYS[6], gone, gone_at, late)
+mark(KEYS[3], unheld_ids, unheld_at, before)
 
 local quota = f[2] ~= '1'
 local remaining = tonumber(f[6]) or 0
