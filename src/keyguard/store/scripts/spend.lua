@@ -55,17 +55,16 @@ end
 if holding then
   local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms)
   if #expired > 0 then
-    local freed = 0
-    for _, member in ipairs(expired) do
-      freed = freed + (tonumber(string.match(member, ':(%d+)$')) or 0)
-    end
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
-    -- Remembered for a day: a settlement that comes after all is charged once (settle.lua).
-    -- (In slices: unpack has a limit, and a long outage can expire many holds at once.)
-    local ids = {}
+    -- Their credits are freed; their ids are remembered for a day, so a settlement that
+    -- comes after all is charged once (settle.lua). Written in slices: unpack has a limit,
+    -- and a long outage can expire many holds at once.
+    local freed, ids = 0, {}
     for _, member in ipairs(expired) do
+      local id, credits = string.match(member, '^(.*):(%d+)$')
+      freed = freed + (tonumber(credits) or 0)
       ids[#ids + 1] = now_ms
-      ids[#ids + 1] = string.match(member, '^(.*):%d+$') or member
+      ids[#ids + 1] = id or member
       if #ids >= 2000 then
         redis.call('ZADD', KEYS[5], unpack(ids))
         ids = {}
