@@ -25,7 +25,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -277,10 +277,19 @@ class PipelinedRedis:
             return
         self._watchdog = loop.call_later(self.timeout, self._check_timeouts)
 
-    async def execute(self, *args: Any) -> Any:
+    def _call(self, command: bytes) -> Awaitable[Any]:
+        """Send one encoded command, connecting first if need be; await it for the reply.
+        (Connected, it hands back the reply's future itself: no coroutine in between.)"""
         if self._protocol is None:
-            await self._ensure()
-        return await self._send(_encode(args))
+            return self._connect_and_send(command)
+        return self._send(command)
+
+    async def _connect_and_send(self, command: bytes) -> Any:
+        await self._ensure()
+        return await self._send(command)
+
+    async def execute(self, *args: Any) -> Any:
+        return await self._call(_encode(args))
 
     def _eval_command(self, sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
         """EVALSHA sha len(keys) keys... args..., encoded; the keys' part memoized."""
@@ -302,9 +311,7 @@ class PipelinedRedis:
         if sha is None:
             sha = self._scripts[script] = script_sha(script)
         try:
-            if self._protocol is None:
-                await self._ensure()
-            return await self._send(self._eval_command(sha, keys, args))
+            return await self._call(self._eval_command(sha, keys, args))
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
