@@ -35,7 +35,6 @@ from keyguard.meter.settle import (
     Outcome,
     UsageReader,
     assess_ticket,
-    ticket_fields,
 )
 from keyguard.meter.ticket import legacy_ticket
 from keyguard.prices import PriceTable
@@ -256,7 +255,7 @@ def assess_entry(entry: HTTPAccessLogEntry, prices: PriceTable) -> Assessed | Li
     code = entry.response.response_code.value
     parts = hold.string_value.split(" ", 5)
     if len(parts) != 6:  # a ticket of the older format: one entry per field
-        parts = list(ticket_fields(legacy_ticket(fields)))
+        parts = list(legacy_ticket(fields))
     hold_id, held, estimate, key_hash, dialect, model = parts
     return assess_ticket(
         hold_id,

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from keyguard.meter.ticket import FIELDS
+from keyguard.meter.ticket import FIELDS, TicketFields
 from keyguard.meter.usage import usage_from_fields
 from keyguard.prices import PriceTable, Usage, cost
 from keyguard.store import Settlement
@@ -117,7 +117,7 @@ def _token_fields(read: UsageReader) -> dict[str, Any]:
     return tokens
 
 
-def ticket_fields(ticket: Mapping[str, Any]) -> tuple[str, str, str, str, str, str]:
+def ticket_fields(ticket: Mapping[str, Any]) -> TicketFields:
     """A ticket's six fields, in the order of its text, from a mapping by name (a field
     that is missing or not a string reads as "")."""
     hold_id, held, estimate, key_hash, dialect, model = (_text(ticket, name) for name in FIELDS)

@@ -21,6 +21,8 @@ from typing import Any
 
 # The names assess() reads, in the order of the text.
 FIELDS = ("hold", "held", "estimate", "kh", "dialect", "model")
+# A ticket's fields as text, in that order.
+TicketFields = tuple[str, str, str, str, str, str]
 DIALECTS = ("openai", "anthropic")
 
 
@@ -43,12 +45,11 @@ def parse_ticket(text: str) -> dict[str, str] | None:
     return dict(zip(FIELDS, parts, strict=True))
 
 
-def legacy_ticket(fields: Mapping[str, Any]) -> dict[str, str]:
+def legacy_ticket(fields: Mapping[str, Any]) -> TicketFields:
     """A ticket of the older format: each field its own metadata entry (a Struct's
-    fields), each a string (a value of another kind reads as "")."""
-    out: dict[str, str] = {}
-    for name in FIELDS:
-        value = fields.get(name)
-        if value is not None:
-            out[name] = value.string_value
-    return out
+    fields), each a string; its six fields in the order of the text (a missing field, or
+    a value of another kind, reads as "")."""
+    hold_id, held, estimate, key_hash, dialect, model = (
+        "" if (value := fields.get(name)) is None else value.string_value for name in FIELDS
+    )
+    return hold_id, held, estimate, key_hash, dialect, model
