@@ -130,21 +130,23 @@
       "data-action": action, "data-id": id });
   }
 
+  function actionsCell(id, everyone, writers) {
+    // A row's buttons, each [label, data-action, kind]: `everyone` for every session,
+    // `writers` only for sessions that may write (a viewer sees none of them).
+    const buttons = isCreator() ? [...everyone, ...writers] : everyone;
+    return el("td", { class: "actions" },
+      ...buttons.map(([label, action, kind]) => actionButton(label, action, id, kind)));
+  }
+
   function row(key) {
     const status = statusOf(key);
-    const actions = el("td", { class: "actions" });
-    actions.append(actionButton("Usage", "usage", key.id, "ghost"));
-    if (isCreator()) {
-      actions.append(
-        key.status === "active"
-          ? actionButton("Disable", "disable", key.id, "warn")
-          : actionButton("Enable", "enable", key.id),
-        actionButton("Edit", "edit", key.id, "ghost"),
-        actionButton("Top up", "topup", key.id, "ghost"),
-        actionButton("Rotate", "rotate", key.id, "ghost"),
-        actionButton("Delete", "delete", key.id, "danger"),
-      );
-    }
+    const actions = actionsCell(key.id, [["Usage", "usage", "ghost"]], [
+      key.status === "active" ? ["Disable", "disable", "warn"] : ["Enable", "enable"],
+      ["Edit", "edit", "ghost"],
+      ["Top up", "topup", "ghost"],
+      ["Rotate", "rotate", "ghost"],
+      ["Delete", "delete", "danger"],
+    ]);
     const tr = el("tr", { "data-id": key.id },
       el("td", { class: "name", text: key.name || DASH }),
       el("td", { class: "mono", text: key.id }),
@@ -207,6 +209,14 @@
 
   function formError(form, text) {
     $(".error", form).textContent = text;
+  }
+
+  function blankForm(selector) {
+    // A dialog's form, emptied of earlier input and of its last error.
+    const form = $(selector);
+    form.reset();
+    formError(form, "");
+    return form;
   }
 
   function listField(text) {
@@ -453,10 +463,8 @@
   // --- rotation ------------------------------------------------------------------------
 
   function openRotate(key) {
-    const form = $("#rotate-form");
-    form.reset();  // the grace goes back to the API's default, 0
+    const form = blankForm("#rotate-form");  // the grace goes back to the API's default, 0
     form.dataset.id = key.id;
-    formError(form, "");
     $("#rotate-title").textContent = `Rotate ${key.name || key.id}`;
     $("#rotate-dialog").showModal();
   }
@@ -500,13 +508,10 @@
   }
 
   function priceRow(price) {
-    const actions = el("td", { class: "actions" });
-    if (isCreator()) {
-      actions.append(
-        actionButton("Edit", "price-edit", price.model, "ghost"),
-        actionButton("Remove", "price-remove", price.model, "danger"),
-      );
-    }
+    const actions = actionsCell(price.model, [], [
+      ["Edit", "price-edit", "ghost"],
+      ["Remove", "price-remove", "danger"],
+    ]);
     const amount = (name) => el("td", { class: "num", "data-field": name,
       text: number(price[name]) });
     return el("tr", { "data-model": price.model },
@@ -532,12 +537,29 @@
     };
   }
 
+  function wireListView({ name, form, create, idField, reload, open, save, actions }) {
+    // The buttons of a list view loaded by listLoader (prices, plans): #<name>-refresh,
+    // the create button (opens the form empty), each row's data-action buttons (the
+    // item of state[name] whose idField is the button's data-id) and the form's submit.
+    $(`#${name}-refresh`).addEventListener("click", () => { say(""); reload(); });
+    $(create).addEventListener("click", () => open(null));
+    $(`#${name} tbody`).addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-action]");
+      if (!button) return;
+      const item = state[name].find((i) => i[idField] === button.dataset.id);
+      const action = button.dataset.action;
+      if (item && Object.hasOwn(actions, action)) actions[action](item);
+    });
+    $(form).addEventListener("submit", (event) => {
+      event.preventDefault();
+      save(event.target);
+    });
+  }
+
   const reloadPrices = listLoader("prices", "price", priceRow);
 
   function openPrice(price) {
-    const form = $("#price-form");
-    form.reset();
-    formError(form, "");
+    const form = blankForm("#price-form");
     const f = form.elements;
     f.model.readOnly = Boolean(price);
     f.model.value = price ? price.model : "";
@@ -589,13 +611,10 @@
   const PLAN_FIELDS = ["quota", "cycle", "models", "rpm", "tpm", "alert_below", "payg"];
 
   function planRow(plan) {
-    const actions = el("td", { class: "actions" });
-    if (isCreator()) {
-      actions.append(
-        actionButton("Edit", "plan-edit", plan.name, "ghost"),
-        actionButton("Delete", "plan-delete", plan.name, "danger"),
-      );
-    }
+    const actions = actionsCell(plan.name, [], [
+      ["Edit", "plan-edit", "ghost"],
+      ["Delete", "plan-delete", "danger"],
+    ]);
     return el("tr", { "data-name": plan.name },
       el("td", { class: "name", text: plan.name }),
       el("td", { class: "num", text: number(plan.quota) }),
@@ -626,9 +645,7 @@
   }
 
   function openPlan(plan) {
-    const form = $("#plan-form");
-    form.reset();
-    formError(form, "");
+    const form = blankForm("#plan-form");
     const f = form.elements;
     f.name.readOnly = Boolean(plan);
     form.initial = plan ? planValues(plan) : null;
@@ -739,10 +756,8 @@
       if (action === "edit") return openEdit(key);
       if (action === "rotate") return openRotate(key);
       if (action === "topup") {
-        const form = $("#topup-form");
-        form.reset();
+        const form = blankForm("#topup-form");
         form.dataset.id = key.id;
-        formError(form, "");
         $("#topup-title").textContent = `Top up ${label}`;
         return $("#topup-dialog").showModal();
       }
@@ -779,9 +794,7 @@
     }
 
     $("#create-key").addEventListener("click", () => {
-      const form = $("#create-form");
-      form.reset();
-      formError(form, "");
+      const form = blankForm("#create-form");
       syncCycle();
       $("#create-dialog").showModal();
     });
@@ -840,34 +853,15 @@
       rotate(event.target);
     });
 
-    $("#prices-refresh").addEventListener("click", () => { say(""); reloadPrices(); });
-    $("#set-price").addEventListener("click", () => openPrice(null));
-    $("#prices tbody").addEventListener("click", (event) => {
-      const button = event.target.closest("button[data-action]");
-      if (!button) return;
-      const price = state.prices.find((p) => p.model === button.dataset.id);
-      if (!price) return;
-      if (button.dataset.action === "price-edit") openPrice(price);
-      else if (button.dataset.action === "price-remove") removePrice(price.model);
+    wireListView({
+      name: "prices", form: "#price-form", create: "#set-price", idField: "model",
+      reload: reloadPrices, open: openPrice, save: savePrice,
+      actions: { "price-edit": openPrice, "price-remove": (price) => removePrice(price.model) },
     });
-    $("#price-form").addEventListener("submit", (event) => {
-      event.preventDefault();
-      savePrice(event.target);
-    });
-
-    $("#plans-refresh").addEventListener("click", () => { say(""); reloadPlans(); });
-    $("#create-plan").addEventListener("click", () => openPlan(null));
-    $("#plans tbody").addEventListener("click", (event) => {
-      const button = event.target.closest("button[data-action]");
-      if (!button) return;
-      const plan = state.plans.find((p) => p.name === button.dataset.id);
-      if (!plan) return;
-      if (button.dataset.action === "plan-edit") openPlan(plan);
-      else if (button.dataset.action === "plan-delete") deletePlan(plan);
-    });
-    $("#plan-form").addEventListener("submit", (event) => {
-      event.preventDefault();
-      savePlan(event.target);
+    wireListView({
+      name: "plans", form: "#plan-form", create: "#create-plan", idField: "name",
+      reload: reloadPlans, open: openPlan, save: savePlan,
+      actions: { "plan-edit": openPlan, "plan-delete": deletePlan },
     });
     window.addEventListener("hashchange", showView);
 
